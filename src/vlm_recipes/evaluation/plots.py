@@ -1,0 +1,53 @@
+"""PNG plots of a run: training loss, and test images with true vs predicted boxes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+
+def plot_loss(history: list[dict], path: Path, title: str = "") -> None:
+    points = [(h["step"], h["loss"], h.get("stage", "")) for h in history if "loss" in h and "step" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for stage in dict.fromkeys(p[2] for p in points):
+        steps = [p[0] for p in points if p[2] == stage]
+        ax.plot(steps, [p[1] for p in points if p[2] == stage], label=stage or None)
+    ax.set(xlabel="step", ylabel="training loss", title=f"{title} training loss")
+    if len({p[2] for p in points}) > 1:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_box_grid(samples, predicted: dict[str, list], path: Path, num: int = 8, columns: int = 4) -> None:
+    """Test images with the true box (green) and each model's prediction (one colour per model)."""
+    colours = ["tab:red", "tab:blue", "tab:orange"]
+    num = min(num, len(samples))
+    rows = max(1, -(-num // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, index in zip(axes.flat, range(num)):
+        sample = samples[index]
+        ax.imshow(sample.image)
+        _draw(ax, sample.box, "tab:green", "true")
+        for colour, (name, boxes) in zip(colours, predicted.items()):
+            if boxes[index] is not None:
+                _draw(ax, boxes[index], colour, name)
+        ax.set_title(str(sample.image_id), fontsize=8)
+    handles = [Rectangle((0, 0), 1, 1, fill=False, edgecolor=c) for c in ["tab:green", *colours[:len(predicted)]]]
+    fig.legend(handles, ["true", *predicted], loc="lower center", ncol=len(handles))
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _draw(ax, box, colour: str, label: str) -> None:
+    x1, y1, x2, y2 = box
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2, label=label))

@@ -1,0 +1,190 @@
+"""Loading a base model and making it trainable: quantization, freezing, LoRA.
+
+Parameters are grouped in three parts by name, the same in the three HF Qwen-VL classes:
+  vision  = model.visual.*  (patch embedding and blocks)
+  merger  = model.visual.merger.* and model.visual.deepstack_merger_list.* (vision -> LLM bridge)
+  llm     = model.language_model.* and lm_head.*
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import LoraConfig, ModelConfig, QuantizationConfig, StageConfig
+from ..errors import InputError
+from ..families import FAMILIES, Family, get_family
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def tiny_base_path(family: Family) -> Path:
+    return ASSETS / f"tiny-{family.name.replace('_', '-')}"
+
+
+def resolve_model_path(cfg: ModelConfig) -> str:
+    if cfg.name_or_path == "tiny":
+        path = tiny_base_path(get_family(cfg.family))
+        if not (path / "config.json").is_file():
+            raise InputError(f"the tiny {cfg.family} base is not built at {path}: run "
+                             f"python scripts/build_base_model.py --family {cfg.family}")
+        return str(path)
+    return cfg.name_or_path
+
+
+def part_of(param_name: str) -> str:
+    name = param_name.removeprefix("base_model.model.")
+    if name.startswith(("model.visual.merger.", "model.visual.deepstack_merger_list.")):
+        return "merger"
+    if name.startswith("model.visual."):
+        return "vision"
+    return "llm"
+
+
+def pick_dtype(cfg: ModelConfig, device: str) -> torch.dtype:
+    if cfg.dtype != "auto":
+        return getattr(torch, cfg.dtype)
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_processor(path: str, cfg: ModelConfig):
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except OSError as err:
+        raise InputError(f"could not load a processor from {path!r}: {_first_line(err)}; pass a model "
+                         "directory or hub id that includes the processor/tokenizer files") from None
+    if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
+        raise InputError(f"{path!r} has no image processor and tokenizer: it is not a vision-language "
+                         "checkpoint (save the processor next to the weights)")
+    # The pixel budget of this run applies, whatever the checkpoint saved.
+    processor.image_processor.size = {"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels}
+    return processor
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def model_family(path: str, cfg: ModelConfig) -> Family:
+    from transformers import AutoConfig
+
+    try:
+        model_type = AutoConfig.from_pretrained(path).model_type
+    except (OSError, ValueError) as err:
+        raise InputError(f"could not read a model config from {path!r}: {_first_line(err)}") from None
+    if model_type not in FAMILIES:
+        raise InputError(f"{path!r} is a {model_type!r} model; vlm-recipes supports {', '.join(FAMILIES)}")
+    return FAMILIES[model_type]
+
+
+def load_model(path: str, cfg: ModelConfig, quant: QuantizationConfig, device: str):
+    """The base model on `device` (or spread over GPUs with device_map="balanced")."""
+    from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
+
+    dtype = pick_dtype(cfg, device)
+    kwargs = dict(dtype=dtype, attn_implementation=cfg.attn_implementation)
+    if quant.load_in_4bit:
+        skip = ["lm_head"] + (["visual"] if quant.skip_vision else [])
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type,
+            bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=skip)
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        kwargs["device_map"] = "balanced"
+    else:
+        kwargs["device_map"] = {"": device if device != "cuda" else "cuda:0"}
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise InputError(f"could not load model weights from {path!r}: {_first_line(err)}") from None
+    model.config.use_cache = False
+    if quant.load_in_4bit:
+        _disable_cpu_repacking(model)
+    return model
+
+
+def _disable_cpu_repacking(model) -> None:
+    # bitsandbytes repacks 4-bit weights in place for fast CPU inference the first time a
+    # module runs in eval mode; the packed layout then breaks training after evaluation (and
+    # needs in_features % 64 == 0). The base model is evaluated before it is trained, so off.
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+@dataclass
+class TrainableReport:
+    """What a stage trains, per part: counts of trainable / total / 4-bit parameters."""
+    trainable: dict[str, int]
+    total: dict[str, int]
+    quantized: dict[str, int]
+    lora_modules: list[str]
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(self.trainable.values())
+
+
+def apply_stage(model, stage: StageConfig):
+    """Freeze parts, add LoRA where the stage says; returns the (maybe peft-wrapped) model."""
+    for name, param in model.named_parameters():
+        frozen = getattr(stage.freeze, part_of(name))
+        param.requires_grad_(not frozen and param.dtype.is_floating_point)
+    if stage.lora.targets == "none":
+        return model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if stage.quantization.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=stage.train.gradient_checkpointing)
+    targets = lora_target_names(model, stage.lora)
+    if not targets:
+        raise InputError(f"lora: no Linear layer matches {stage.lora.targets!r} targets; check lora.llm_modules "
+                         "/ lora.vision_modules")
+    peft_cfg = PeftLoraConfig(r=stage.lora.r, lora_alpha=stage.lora.alpha, lora_dropout=stage.lora.dropout,
+                              target_modules=targets, bias="none")
+    return get_peft_model(model, peft_cfg)
+
+
+def lora_target_names(model: nn.Module, lora: LoraConfig) -> list[str]:
+    """Full names of the Linear layers that get adapters, so peft matches exactly these."""
+    wanted = {"llm": ("llm",), "vision": ("vision", "merger"), "both": ("llm", "vision", "merger")}[lora.targets]
+    names = []
+    for name, module in model.named_modules():
+        if not _is_linear(module) or name.endswith("lm_head"):
+            continue
+        suffixes = lora.llm_modules if part_of(name + ".") == "llm" else lora.vision_modules
+        if part_of(name + ".") in wanted and any(name == s or name.endswith("." + s) for s in suffixes):
+            names.append(name)
+    return names
+
+
+def _is_linear(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    return type(module).__name__ in ("Linear4bit", "Linear8bitLt")
+
+
+def trainable_report(model) -> TrainableReport:
+    trainable, total, quantized = ({p: 0 for p in ("vision", "merger", "llm")} for _ in range(3))
+    lora_modules = sorted({n.rsplit(".lora_", 1)[0] for n, _ in model.named_parameters() if ".lora_" in n})
+    for name, param in model.named_parameters():
+        part = part_of(name)
+        count = _num_params(param)
+        total[part] += count
+        trainable[part] += count if param.requires_grad else 0
+        quantized[part] += count if type(param).__name__ == "Params4bit" else 0
+    return TrainableReport(trainable, total, quantized, lora_modules)
+
+
+def _num_params(param) -> int:
+    # 4-bit weights are packed two per byte; report the logical count
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else param.numel()

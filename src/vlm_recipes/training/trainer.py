@@ -1,0 +1,90 @@
+"""The one training loop: transformers' Trainer with a pluggable objective.
+
+Trainer does the loop, accumulation, mixed precision, checkpointing and logging; an
+objective only supplies the collator and, where it is not next-token cross-entropy, the loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from ..config import StageConfig, TrainConfig
+from ..errors import InputError
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf: stopping beats training on garbage."""
+
+
+class RecipeTrainer(Trainer):
+    def __init__(self, *args, objective, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = self.objective.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        if loss is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return (loss, None) if return_outputs else loss
+
+
+class DivergenceGuard(TrainerCallback):
+    """Raises on a non-finite (or exactly zero after step 1) logged training loss."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"training loss became {loss} at step {state.global_step}: lower "
+                                   "train.learning_rate, or use dtype float32/bfloat16 instead of float16")
+        if loss == 0.0 and state.global_step > 1:
+            raise TrainingDiverged(f"training loss is exactly 0 at step {state.global_step}: no token "
+                                   "carries loss (check the label mask) or the model collapsed")
+
+
+def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bool, use_cpu: bool,
+                       report_to: list[str]) -> TrainingArguments:
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    bad = sorted(set(train.extra) - known)
+    if bad:
+        raise InputError(f"train.extra.{bad[0]} is not a TrainingArguments field")
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        learning_rate=train.learning_rate,
+        num_train_epochs=train.num_train_epochs,
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.per_device_train_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        warmup_steps=train.warmup_ratio,  # a float < 1 is a ratio of total steps
+        weight_decay=train.weight_decay,
+        lr_scheduler_type=train.lr_scheduler_type,
+        max_grad_norm=train.max_grad_norm,
+        gradient_checkpointing=train.gradient_checkpointing,
+        logging_steps=train.logging_steps,
+        logging_nan_inf_filter=False,  # the guard must see NaN, not a filtered value
+        save_strategy="no",  # the run saves its final model itself; enable via train.extra
+        report_to=report_to,
+        seed=seed,
+        bf16=bf16,
+        use_cpu=use_cpu,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,  # samples are objects; the collator builds tensors
+        **train.extra,
+    )
+
+
+def train_stage(model, stage: StageConfig, objective, collator, train_data: list, output_dir: Path,
+                seed: int, bf16: bool, use_cpu: bool, report_to: list[str]) -> list[dict]:
+    """Train `model` in place for one stage; returns the trainer's log history."""
+    args = training_arguments(stage.train, output_dir, seed, bf16, use_cpu, report_to)
+    if stage.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()  # frozen embeddings + checkpointing need grads on inputs
+    trainer = RecipeTrainer(model=model, args=args, train_dataset=train_data, data_collator=collator,
+                            objective=objective, callbacks=[DivergenceGuard()])
+    trainer.train()
+    return trainer.state.log_history

@@ -1,0 +1,233 @@
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datasets import Features, List, Value
+from datasets import Image as ImageFeature
+
+from vlm_recipes.data.detection import load_detection_splits
+from vlm_recipes.data.synthetic import (make_nutrition_dataset, render_nutrition_example,
+                                        render_shapes_example)
+from vlm_recipes.errors import InputError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "off_mini"
+TRAIN_FILE = FIXTURE / "train-00000-of-00001.parquet"
+
+# Worked out by hand from tests/fixtures/make_off_mini.py: bbox (y_min, x_min, y_max, x_max)
+# normalised; the canonical box is (x_min*W, y_min*H, x_max*W, y_max*H).
+OFF_MINI = {
+    "train": [((300, 200), (60, 20, 270, 120)),    # [0.1, 0.2, 0.6, 0.9]
+              ((200, 300), (20, 75, 100, 225)),    # [0.25, 0.1, 0.75, 0.5]
+              ((240, 160), (120, 80, 240, 160)),   # 2nd object; the 1st is a "logo"
+              ((160, 240), (40, 0, 120, 120))],    # [0.0, 0.25, 0.5, 0.75], greyscale
+    "test": [((320, 180), (32, 36, 128, 144)),     # [0.2, 0.1, 0.8, 0.4], from "val"
+             ((180, 320), (90, 32, 162, 96))],      # [0.1, 0.5, 0.3, 0.9]
+}
+
+# The schema of openfoodfacts/nutrition-table-detection, written out independently.
+OFF_FEATURES = Features({
+    "image_id": Value("string"),
+    "image": ImageFeature(),
+    "width": Value("int64"),
+    "height": Value("int64"),
+    "meta": {"barcode": Value("string"), "off_image_id": Value("string"), "image_url": Value("string")},
+    "objects": {"bbox": List(List(Value("float32"))), "category_id": List(Value("int64")),
+                "category_name": List(Value("string"))},
+})
+
+
+# --- synthetic images -----------------------------------------------------------------
+
+def test_nutrition_example_is_deterministic_by_seed():
+    a_img, a_box = render_nutrition_example(random.Random(5))
+    b_img, b_box = render_nutrition_example(random.Random(5))
+    c_img, c_box = render_nutrition_example(random.Random(6))
+    assert a_box == b_box and np.array_equal(np.asarray(a_img), np.asarray(b_img))
+    assert (a_box, a_img.size) != (c_box, c_img.size)
+
+
+def test_nutrition_box_is_inside_and_outlined_by_the_dark_border():
+    for seed in range(40):
+        img, (x1, y1, x2, y2) = render_nutrition_example(random.Random(seed))
+        w, h = img.size
+        assert 160 <= w <= 256 and 160 <= h <= 256 and img.mode == "RGB"
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+        assert 0.19 * w <= x2 - x1 <= 0.61 * w and 0.19 * h <= y2 - y1 <= 0.61 * h
+        a = np.asarray(img).astype(int)
+        x1, y1, x2, y2 = int(x1), int(y1), int(x2), int(y2)
+        edges = np.concatenate([a[y1, x1:x2], a[y2 - 1, x1:x2], a[y1:y2, x1], a[y1:y2, x2 - 1]])
+        assert (edges == edges[0]).all(), f"seed {seed}: border is not one colour"
+        assert edges[0].max() <= 60, f"seed {seed}: border is not dark"
+
+
+def test_shapes_example_deterministic_unambiguous_and_generic():
+    a_img, a_objs = render_shapes_example(random.Random(3))
+    b_img, b_objs = render_shapes_example(random.Random(3))
+    assert a_objs == b_objs and np.array_equal(np.asarray(a_img), np.asarray(b_img))
+    for seed in range(60):
+        img, objs = render_shapes_example(random.Random(seed))
+        assert 1 <= len(objs) <= 4
+        labels = [label for label, _ in objs]
+        assert len(set(labels)) == len(labels)
+        for label, (x1, y1, x2, y2) in objs:
+            assert "nutrition" not in label and "table" not in label
+            assert 0 <= x1 < x2 <= img.width and 0 <= y1 < y2 <= img.height
+        for i, (_, p) in enumerate(objs):
+            for _, q in objs[i + 1:]:
+                assert _iou(p, q) < 0.2
+
+
+def _iou(a, b) -> float:
+    iw, ih = max(0, min(a[2], b[2]) - max(a[0], b[0])), max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_nutrition_dataset_has_the_openfoodfacts_schema():
+    dd = make_nutrition_dataset(n_train=3, n_test=2, seed=0)
+    assert set(dd) == {"train", "test"} and (dd["train"].num_rows, dd["test"].num_rows) == (3, 2)
+    for ds in dd.values():
+        assert ds.features == OFF_FEATURES
+        assert list(ds.features) == list(OFF_FEATURES)
+    row = dd["train"][0]
+    assert row["image"].size == (row["width"], row["height"])
+    assert row["objects"]["category_name"] == ["nutrition-table"]
+    (y0, x0, y1, x1), = row["objects"]["bbox"]
+    assert 0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1
+    assert not set(dd["train"]["image_id"]) & set(dd["test"]["image_id"])
+
+
+def test_nutrition_dataset_split_is_fixed_by_the_seed():
+    def pixels(dd, split, i):
+        return np.asarray(dd[split][i]["image"])
+    a, b = make_nutrition_dataset(2, 1, seed=7), make_nutrition_dataset(3, 1, seed=7)
+    assert np.array_equal(pixels(a, "train", 1), pixels(b, "train", 1))  # row i ignores the count
+    assert np.array_equal(pixels(a, "test", 0), pixels(b, "test", 0))
+    c = make_nutrition_dataset(2, 1, seed=8)
+    assert not np.array_equal(pixels(a, "train", 0), pixels(c, "train", 0))
+    with pytest.raises(InputError, match="cannot be negative"):
+        make_nutrition_dataset(-1, 1)
+
+
+# --- loader on the real schema ----------------------------------------------------------
+
+def test_loader_reads_fixture_with_y_x_order_and_val_as_test():
+    splits = load_detection_splits(str(FIXTURE))
+    for split, expected in OFF_MINI.items():
+        assert len(splits[split]) == len(expected)
+        for sample, (size, box) in zip(splits[split], expected):
+            assert sample.image.mode == "RGB"
+            assert sample.image.size == size == (sample.width, sample.height)
+            assert sample.box == pytest.approx(box, abs=1e-3)
+    assert splits["train"][0].image_id.endswith("_1")
+    # the drawn table really is where the box says: its top-left corner is the black border
+    s = splits["train"][0]
+    assert s.image.getpixel((int(s.box[0]), int(s.box[1]))) == (0, 0, 0)
+
+
+def test_loader_subsets_by_seed_and_downscales_big_images():
+    a = load_detection_splits(str(FIXTURE), max_train=2, max_test=1, seed=1)
+    b = load_detection_splits(str(FIXTURE), max_train=2, max_test=1, seed=1)
+    assert [s.image_id for s in a["train"]] == [s.image_id for s in b["train"]]
+    assert len(a["train"]) == 2 and len(a["test"]) == 1
+    small = load_detection_splits(str(FIXTURE), max_side=150)["train"][0]
+    assert small.image.size == (150, 100) and small.box == pytest.approx((30, 10, 135, 60), abs=1e-3)
+
+
+def test_loader_single_parquet_file_and_save_to_disk(tmp_path):
+    one = load_detection_splits(str(TRAIN_FILE), test_split="train")
+    assert one["test"][1].box == pytest.approx(OFF_MINI["train"][1][1], abs=1e-3)
+    with pytest.raises(InputError, match=r"has no split 'test' \(it has: train\)"):
+        load_detection_splits(str(TRAIN_FILE))
+    make_nutrition_dataset(3, 2, seed=4).save_to_disk(str(tmp_path / "saved"))
+    saved = load_detection_splits(str(tmp_path / "saved"), seed=4)
+    synth = load_detection_splits("synthetic", num_train=3, num_test=2, seed=4)
+    assert [s.box for s in saved["test"]] == [s.box for s in synth["test"]]
+    assert np.array_equal(np.asarray(saved["train"][2].image), np.asarray(synth["train"][2].image))
+    img, box = render_nutrition_example(random.Random("nutrition:4:train:2"))
+    assert synth["train"][2].box == pytest.approx(box, abs=1e-3)
+
+
+# --- bad inputs -----------------------------------------------------------------------
+
+def _broken(tmp_path, row: int, **changes) -> str:
+    """A copy of the fixture with `changes` applied to train row `row`."""
+    table = pq.read_table(TRAIN_FILE)
+    rows = table.to_pylist()
+    for key, value in changes.items():
+        if key == "bbox":
+            rows[row]["objects"]["bbox"] = [value]
+            rows[row]["objects"]["category_name"] = ["nutrition-table"]
+            rows[row]["objects"]["category_id"] = [0]
+        elif key == "image_bytes":
+            rows[row]["image"]["bytes"] = value
+        else:
+            rows[row][key] = value
+    out = tmp_path / "broken"
+    out.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), out / "train-00000-of-00001.parquet")
+    pq.write_table(pq.read_table(FIXTURE / "val-00000-of-00001.parquet"), out / "val-00000-of-00001.parquet")
+    return str(out)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(image_bytes=b"not a png"), "unreadable image in row 1 of split 'train' of dataset"),
+    (dict(bbox=[0.1, 0.1, 1.5, 0.5]), "row 1 of split 'train' of dataset .* lies outside its 200x300 image"),
+    (dict(bbox=[0.5, 0.2, 0.5, 0.6]), "of row 1 of split 'train' .* zero or negative area"),
+    (dict(bbox=[75, 20, 225, 100]), "looks like pixels"),
+    (dict(bbox=[0.1, 0.2, 0.3]), "row 1 of split 'train' .* need 4 numbers"),
+    (dict(width=999), "row 1 of split 'train' .* says its image is 999x300 but the image is 200x300"),
+])
+def test_bad_rows_name_the_row_and_the_fix(tmp_path, changes, message):
+    with pytest.raises(InputError, match=message) as err:
+        load_detection_splits(_broken(tmp_path, 1, **changes))
+    assert "\n" not in str(err.value)
+    assert any(fix in str(err.value) for fix in ("fix", "drop"))
+
+
+def test_empty_or_missing_split(tmp_path):
+    table = pq.read_table(TRAIN_FILE)
+    pq.write_table(table, tmp_path / "train-0.parquet")
+    pq.write_table(table.slice(0, 0), tmp_path / "val-0.parquet")
+    with pytest.raises(InputError, match="has no rows in split 'val'"):
+        load_detection_splits(str(tmp_path))
+    with pytest.raises(InputError, match=r"has no split 'dev' \(it has: train, val\)"):
+        load_detection_splits(str(tmp_path), train_split="dev")
+
+
+def test_rows_without_boxes_are_skipped_but_not_all(tmp_path):
+    table = pq.read_table(TRAIN_FILE)
+    rows = table.to_pylist()
+    rows[0]["objects"] = {"bbox": [], "category_id": [], "category_name": []}
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), tmp_path / "train-0.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[:1], schema=table.schema), tmp_path / "test-0.parquet")
+    with pytest.raises(InputError, match="no rows with a box in split 'test'"):
+        load_detection_splits(str(tmp_path))
+    assert len(load_detection_splits(str(tmp_path), test_split="train")["train"]) == 3
+
+
+@pytest.mark.parametrize("source", ["/no/such/dir", "./missing.parquet", "data/a/b"])
+def test_missing_path(source):
+    with pytest.raises(InputError, match=f"dataset path {source} does not exist: pass 'synthetic'"):
+        load_detection_splits(source)
+
+
+def test_directory_without_data(tmp_path):
+    with pytest.raises(InputError, match="neither a saved DatasetDict nor .parquet files"):
+        load_detection_splits(str(tmp_path))
+
+
+def test_hub_failure_says_to_pass_a_local_path(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the hub\nsecond line")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(InputError) as err:
+        load_detection_splits("openfoodfacts/nutrition-table-detection")
+    msg = str(err.value)
+    assert "openfoodfacts/nutrition-table-detection could not be loaded" in msg
+    assert "ConnectionError: Couldn't reach the hub" in msg and "local path" in msg and "\n" not in msg
