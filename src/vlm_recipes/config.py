@@ -25,8 +25,9 @@ class ModelConfig:
     name_or_path: str = "tiny"
     """"tiny" = the project's shipped pretrained tiny base of `family`; else a hub id or a local
     checkpoint directory that has a processor."""
-    family: str = "qwen2_vl"
-    """Grounding convention and tiny base to use; a hub/local model's own config overrides it."""
+    family: str = "qwen3_vl"
+    """Grounding convention and tiny base to use; a hub/local model's own config overrides it.
+    The default is Qwen3-VL because its tiny base learns grounding on a CPU budget (DECISIONS D11)."""
     min_pixels: int = 3136
     """Pixel budget of the image processor (smart_resize). Saved with the run and reused at
     evaluation and inference, so boxes mean the same thing in training and testing."""

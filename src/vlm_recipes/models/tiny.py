@@ -110,8 +110,12 @@ def build_tokenizer(family: Family, vocab_size: int = 640) -> Qwen2Tokenizer:
 TEXT_SIZE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
 VISION_WIDTH, VISION_DEPTH, VISION_HEADS = 96, 4, 4
-# mrope splits each head's 16 rotary frequency pairs over (time, height, width).
-MROPE_SECTION = [4, 6, 6]
+# mrope splits each head's 16 rotary frequency pairs over (time, height, width). A tiny image is
+# at most 9x9 tokens: with Qwen's theta=1e6 (or 1e4) the height/width sections get only the
+# slowest frequencies and positions inside the image are nearly indistinguishable, so grounding
+# is not learnable at this scale. theta=100 and most pairs on height/width keep them apart.
+MROPE_SECTION = [2, 7, 7]
+ROPE_THETA = 100.0
 
 
 def tiny_config(family: Family, tokenizer: Qwen2Tokenizer):
@@ -119,10 +123,11 @@ def tiny_config(family: Family, tokenizer: Qwen2Tokenizer):
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
     text = dict(TEXT_SIZE, vocab_size=len(tokenizer), rope_parameters={
-        "rope_type": "default", "rope_theta": 10000.0, "mrope_section": MROPE_SECTION},
+        "rope_type": "default", "rope_theta": ROPE_THETA, "mrope_section": MROPE_SECTION},
         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     common_vision = dict(depth=VISION_DEPTH, num_heads=VISION_HEADS, patch_size=family.patch_size,
-                         spatial_merge_size=family.merge_size, temporal_patch_size=2)
+                         spatial_merge_size=family.merge_size, temporal_patch_size=2,
+                         rope_parameters={"rope_type": "axial", "rope_theta": ROPE_THETA})
     if family.name == "qwen2_vl":
         vision = dict(common_vision, embed_dim=VISION_WIDTH, hidden_size=TEXT_SIZE["hidden_size"],
                       mlp_ratio=2)

@@ -1,0 +1,319 @@
+"""Paired retrieval data: a text query, its target (an image, an image with text, or a text) and
+optional hard negatives (targets that must rank below the positive).
+
+Sources (`load_retrieval_splits(source)`):
+  "synthetic"          generated scenes whose captions need composition (below)
+  a .jsonl file        rows {"query": str, "target": image path or text, "hard_negatives": [...],
+                       optional "target_text": str}; its test split is the sibling file named
+                       test.jsonl (or val/validation.jsonl) when the given file is train.jsonl,
+                       else the last `data.num_test` rows
+  a directory          holding train.jsonl and test.jsonl (or val.jsonl / validation.jsonl)
+  anything else        a `datasets` source (hub id, save_to_disk directory, parquet file(s)) with
+                       columns query, target (image or str), optional hard_negatives, target_text
+
+A string target is an image path when it ends in an image suffix (relative paths are relative to
+the .jsonl file), else a text. An image path that does not exist is an error, never a text.
+
+Synthetic scenes: two groups of identical shapes, one per half of the image (left/right or
+top/bottom), e.g. "two red circles on the left and a blue star on the right". Resolving a caption
+needs every attribute AND its binding to a position: a hard negative differs in exactly one
+attribute (a count, a colour, a shape) or swaps the two groups' positions, which keeps the
+caption's bag of words identical. Sample i depends only on (seed, split, i).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..errors import InputError
+from .synthetic import COLOURS, _draw_shape, _jitter, _place
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+TEST_FILES = ("test.jsonl", "val.jsonl", "validation.jsonl")
+
+
+@dataclass
+class Target:
+    """One retrievable item: an image, an image with text, or a text alone."""
+    image: Image.Image | None = None  # RGB
+    text: str | None = None
+    key: str = ""  # identity in a gallery: equal keys are the same item
+
+    def __post_init__(self):
+        if self.image is None and not self.text:
+            raise ValueError("a target needs an image or a text")
+
+
+@dataclass
+class RetrievalSample:
+    query: str
+    target: Target
+    hard_negatives: list[Target] = field(default_factory=list)
+    sample_id: str = ""
+
+
+# --- synthetic compositional scenes -------------------------------------------------------
+
+SCENE_COLOURS = ("red", "green", "blue", "yellow", "purple", "black")
+SCENE_SHAPES = ("circle", "square", "triangle", "star", "cross")
+COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
+PLURALS = {"cross": "crosses"}
+HALF = 112  # px: a scene is 2x1 halves of HALF x HALF (8x4 = 32 LLM tokens for Qwen2-VL)
+POSITIONS = {"horizontal": ("left", "right"), "vertical": ("top", "bottom")}
+
+
+@dataclass(frozen=True)
+class Group:
+    count: int
+    colour: str
+    shape: str
+
+    def words(self) -> str:
+        noun = self.shape if self.count == 1 else PLURALS.get(self.shape, self.shape + "s")
+        return f"{'a' if self.count == 1 else COUNT_WORDS[self.count]} {self.colour} {noun}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    first: Group  # left or top
+    second: Group  # right or bottom
+    layout: Literal["horizontal", "vertical"]
+
+    def caption(self, second_first: bool = False) -> str:
+        """E.g. "two red circles on the left and a blue star on the right"."""
+        parts = [f"{g.words()} {'at' if p in ('top', 'bottom') else 'on'} the {p}"
+                 for g, p in zip((self.first, self.second), POSITIONS[self.layout])]
+        return " and ".join(reversed(parts) if second_first else parts)
+
+
+def random_group(rng: random.Random) -> Group:
+    return Group(rng.randint(1, 3), rng.choice(SCENE_COLOURS), rng.choice(SCENE_SHAPES))
+
+
+def random_scene(rng: random.Random) -> Scene:
+    first = random_group(rng)
+    second = random_group(rng)
+    while (second.colour, second.shape) == (first.colour, first.shape):  # a swap must change the scene
+        second = random_group(rng)
+    return Scene(first, second, rng.choice(["horizontal", "vertical"]))
+
+
+def one_attribute_change(rng: random.Random, scene: Scene) -> Scene:
+    """A different scene that differs from `scene` in one attribute, or by swapping positions."""
+    kind = rng.choice(["count", "colour", "shape", "swap"])
+    if kind == "swap":
+        return replace(scene, first=scene.second, second=scene.first)
+    which = rng.choice(["first", "second"])
+    group, other = getattr(scene, which), scene.second if which == "first" else scene.first
+    choices = {"count": [1, 2, 3], "colour": SCENE_COLOURS, "shape": SCENE_SHAPES}[kind]
+    values = [v for v in choices if v != getattr(group, kind)]
+    changed = replace(group, **{kind: rng.choice(values)})
+    if (changed.colour, changed.shape) == (other.colour, other.shape):
+        return replace(scene, first=scene.second, second=scene.first)  # keep both groups distinct
+    return replace(scene, **{which: changed})
+
+
+def render_scene(rng: random.Random, scene: Scene) -> Image.Image:
+    """Each group drawn inside its own half on a light noisy background."""
+    horizontal = scene.layout == "horizontal"
+    w, h = (2 * HALF, HALF) if horizontal else (HALF, 2 * HALF)
+    base = rng.randint(185, 235)
+    tint = np.array([base + rng.randint(-15, 15) for _ in range(3)], np.int16)
+    noise = np.random.default_rng(rng.getrandbits(32)).integers(-10, 11, (h, w, 1), dtype=np.int16)
+    img = Image.fromarray(np.clip(tint + noise, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for index, group in enumerate((scene.first, scene.second)):
+        ox, oy = (index * HALF, 0) if horizontal else (0, index * HALF)
+        placed: list = []
+        for _ in range(group.count):
+            size = rng.randint(20, 30)
+            box = None
+            for _retry in range(20):  # 3 shapes of <= 30 px always fit in a 112 px half
+                box = _place(rng, HALF - 8, HALF - 8, size, size, placed)
+                if box:
+                    break
+            placed.append(box)
+            x0, y0, x1, y1 = box
+            _draw_shape(draw, group.shape, (x0 + ox + 4, y0 + oy + 4, x1 + ox + 4, y1 + oy + 4),
+                        _jitter(rng, COLOURS[group.colour], 12))
+    return img
+
+
+def scene_sample(seed: int, split: str, index: int, num_hard_negatives: int) -> RetrievalSample:
+    """Sample `index` of a synthetic split: its caption, image and one-attribute hard negatives."""
+    rng = random.Random(f"retrieval:{seed}:{split}:{index}")
+    scene = random_scene(rng)
+    return _scene_sample(rng, scene, f"{split}-{index:05d}", num_hard_negatives)
+
+
+def _scene_sample(rng: random.Random, scene: Scene, sample_id: str, num_hard_negatives: int) -> RetrievalSample:
+    caption = scene.caption(second_first=rng.random() < 0.5)
+    negatives = []
+    for j in range(num_hard_negatives):
+        other = one_attribute_change(rng, scene)
+        negatives.append(Target(render_scene(rng, other), key=f"{sample_id}-neg{j}"))
+    target = Target(render_scene(rng, scene), key=sample_id)
+    return RetrievalSample(caption, target, negatives, sample_id)
+
+
+class SyntheticRetrieval:
+    """A lazily rendered synthetic split (the Trainer indexes it; nothing is held in memory)."""
+
+    def __init__(self, size: int, split: str, seed: int, num_hard_negatives: int = 0):
+        self.size, self.split, self.seed, self.num_hard_negatives = size, split, seed, num_hard_negatives
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> RetrievalSample:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        return scene_sample(self.seed, self.split, index, self.num_hard_negatives)
+
+
+def synthetic_gallery(size: int, seed: int) -> list[RetrievalSample]:
+    """`size` test samples with pairwise different scenes, so each caption has one right image."""
+    samples, seen = [], set()
+    for index in range(100 * size):
+        if len(samples) == size:
+            break
+        rng = random.Random(f"retrieval:{seed}:test:{index}")
+        scene = random_scene(rng)
+        if scene in seen:
+            continue
+        seen.add(scene)
+        samples.append(_scene_sample(rng, scene, f"test-{len(samples):05d}", 0))
+    return samples
+
+
+# --- files and datasets ---------------------------------------------------------------------
+
+def load_retrieval_splits(source: str, num_train: int, num_test: int, seed: int, num_hard_negatives: int,
+                          max_train: int | None = None, max_test: int | None = None) -> dict[str, Any]:
+    """{"train": indexable samples, "test": list of samples} from `source` (module docstring)."""
+    if source == "synthetic":
+        train = SyntheticRetrieval(num_train if max_train is None else min(num_train, max_train), "train", seed,
+                                   num_hard_negatives)
+        return {"train": train, "test": synthetic_gallery(num_test if max_test is None else
+                                                          min(num_test, max_test), seed)}
+    rows, base_dirs = _open_rows(source, num_test)
+    splits = {}
+    for split, limit in (("train", max_train), ("test", max_test)):
+        chosen = rows[split][:limit] if limit is not None else rows[split]
+        splits[split] = [row_sample(row, f"row {i} of the {split} split of {source}", base_dirs[split],
+                                    f"{split}-{i:05d}") for i, row in enumerate(chosen)]
+    _check_negatives(splits["train"], num_hard_negatives, source)
+    return splits
+
+
+def _open_rows(source: str, num_test: int) -> tuple[dict[str, list[dict]], dict[str, Path]]:
+    path = Path(source).expanduser()
+    if path.is_dir() and (path / "train.jsonl").is_file():
+        path = path / "train.jsonl"
+    if path.suffix == ".jsonl":
+        if not path.is_file():
+            raise InputError(f"data.dataset={source!r}: no such file; pass an existing .jsonl file")
+        test_file = next((path.parent / n for n in TEST_FILES if path.name == "train.jsonl"
+                          and (path.parent / n).is_file()), None)
+        train_rows = _read_jsonl(path)
+        if test_file is not None:
+            return {"train": train_rows, "test": _read_jsonl(test_file)}, {"train": path.parent, "test": path.parent}
+        if len(train_rows) <= num_test:
+            raise InputError(f"data.dataset={source!r} has {len(train_rows)} rows, not more than data.num_test="
+                             f"{num_test}: add rows, lower data.num_test, or add a test.jsonl next to train.jsonl")
+        return ({"train": train_rows[:-num_test], "test": train_rows[-num_test:]},
+                {"train": path.parent, "test": path.parent})
+    return _dataset_rows(source), {"train": Path.cwd(), "test": Path.cwd()}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    import json
+
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path}:{number} is not valid JSON: {err.msg}") from None
+    return rows
+
+
+def _dataset_rows(source: str) -> dict[str, list[dict]]:
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    path = Path(source).expanduser()
+    try:
+        if (path / "dataset_dict.json").is_file():
+            dd = load_from_disk(str(path))
+        elif path.exists():
+            files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+            dd = load_dataset("parquet", data_files=[str(f) for f in files])
+        else:
+            dd = load_dataset(source)
+    except Exception as err:  # datasets raises many types; the user needs one line
+        raise InputError(f"data.dataset={source!r}: could not open it ({type(err).__name__}); pass 'synthetic', "
+                         "a .jsonl file, or a datasets source with query/target columns") from None
+    if not isinstance(dd, DatasetDict):
+        raise InputError(f"data.dataset={source!r} is not a dataset with splits")
+    test = next((s for s in ("test", "validation", "val") if s in dd), None)
+    if "train" not in dd or test is None:
+        raise InputError(f"data.dataset={source!r} needs a train and a test (or validation) split; it has "
+                         f"{', '.join(dd)}")
+    for split in ("train", test):
+        missing = {"query", "target"} - set(dd[split].column_names)
+        if missing:
+            raise InputError(f"data.dataset={source!r}: split {split!r} lacks column(s) {', '.join(sorted(missing))}")
+    return {"train": list(dd["train"]), "test": list(dd[test])}
+
+
+def row_sample(row: dict, where: str, base_dir: Path, default_id: str) -> RetrievalSample:
+    if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not row["query"].strip():
+        raise InputError(f"{where}: needs a non-empty string 'query'")
+    if row.get("target") is None:
+        raise InputError(f"{where}: needs a 'target' (an image path or a text)")
+    negatives = row.get("hard_negatives") or []
+    if not isinstance(negatives, list):
+        raise InputError(f"{where}: 'hard_negatives' must be a list of image paths or texts")
+    target = as_target(row["target"], row.get("target_text"), where, base_dir)
+    return RetrievalSample(row["query"], target, [as_target(n, None, where, base_dir) for n in negatives],
+                           str(row.get("id") or default_id))
+
+
+def as_target(value: Any, text: str | None, where: str, base_dir: Path) -> Target:
+    """An image (PIL, datasets image dict or path with an image suffix) or a text."""
+    if isinstance(value, Image.Image):
+        return Target(value.convert("RGB"), text, key=f"image:{id(value)}")
+    if isinstance(value, dict):  # a datasets Image feature left undecoded
+        import io
+
+        raw = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value.get("path")
+        return Target(_open_image(raw, where), text, key=f"image:{value.get('path') or hash(value['bytes'])}")
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{where}: a target must be an image path or a non-empty text, got {value!r}")
+    if Path(value).suffix.lower() in IMAGE_SUFFIXES:
+        path = Path(value) if Path(value).is_absolute() else base_dir / value
+        if not path.is_file():
+            raise InputError(f"{where}: image {value!r} not found (relative paths are relative to {base_dir})")
+        return Target(_open_image(path, where), text, key=f"image:{path.resolve()}")
+    return Target(None, value, key=f"text:{value}")
+
+
+def _open_image(source, where: str) -> Image.Image:
+    try:
+        return Image.open(source).convert("RGB")
+    except (OSError, ValueError) as err:
+        raise InputError(f"{where}: unreadable image ({err}); fix or drop the row") from None
+
+
+def _check_negatives(samples: list[RetrievalSample], wanted: int, source: str) -> None:
+    short = next((s for s in samples if len(s.hard_negatives) < wanted), None)
+    if short is not None:
+        raise InputError(f"data.dataset={source!r}: row {short.sample_id} has {len(short.hard_negatives)} hard "
+                         f"negative(s) but objective.options.num_hard_negatives={wanted}; lower it or add negatives")

@@ -1,0 +1,277 @@
+"""Masked-diffusion (MDLM / LLaDA) fine-tuning of the language model; answers by iterative unmasking.
+
+Training, per sample: draw t ~ U(eps, 1); mask each answer token independently with
+probability t (replace it by `<|mask|>`); the language model, attending BIDIRECTIONALLY,
+predicts the original tokens; the loss is cross-entropy on the masked positions weighted by 1/t.
+
+Normalisation (LLaDA's SFT loss, the MDLM NELBO per token): per sample, the weighted sum over
+masked positions is divided by the number of maskable tokens of that sample (its answer
+canvas), then the batch is averaged over samples:
+    loss = mean_i [ (1 / L_i) * sum_{j masked in i} CE_ij / t_i ]
+which is an unbiased estimate of the per-token negative ELBO. With the default fixed canvas
+every L_i is the same, so this equals dividing by all maskable tokens of the batch, and a batch
+of 8 equals 2 accumulated batches of 4.
+
+The answer canvas: answer + <|im_end|>, filled with more <|im_end|> up to `canvas_length`
+(LLaDA's EOS padding, chosen deliberately): decoding writes into a fixed-length canvas, so the
+model must learn what comes after the answer; the text is cut at the first <|im_end|>. The fill
+is part of the answer and is masked and trained like it. Batch padding (attention 0) is never
+masked, attended or trained. Prompt and image tokens are never masked when `mask_prompt_loss`
+is on (the default); image and vision-marker tokens never are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..boxes import parse_answer
+from ..config import RecipeConfig
+from ..data.chat import resized_image_size, user_messages
+from ..data.detection import DetectionSample
+from ..data.messages import ChatSample, encode_prompts, messages_splits, open_messages_source, parse_split_spec
+from ..errors import InputError
+from ..evaluation.diffusion_decoding import diffusion_generate, with_canvas
+from ..evaluation.report import write_detection_report
+from ..models.attention import bidirectional_attention
+from ..models.tiny import MASK_TOKEN
+from .base import Objective
+from .sft import answer_for, evaluation_result, load_detection_data
+
+
+@dataclass(frozen=True)
+class MDLMOptions:
+    mask_prompt_loss: bool = True
+    """Only the answer is masked and trained (prompt and image tokens stay visible); off: every text
+    token of the conversation may be masked (image and vision-marker tokens never are)."""
+    eps: float = 1e-3
+    """t ~ U(eps, 1): keeps the 1/t weight finite."""
+    canvas_length: int = 48
+    """Answer canvas in tokens, for training and decoding; an answer (+ <|im_end|>) longer than it is
+    an error, never truncated."""
+    steps: int | None = None
+    """Decoding steps (model calls) per canvas; None: canvas_length, i.e. one token per step."""
+    block_length: int | None = None
+    """Block-wise decoding: blocks of this many tokens, left to right; None: one block (the canvas)."""
+    remasking: Literal["low_confidence", "random"] = "low_confidence"
+    """Which predictions are committed each step: the most confident (re-masking the rest), or random ones."""
+    temperature: float = 0.0
+    """Sampling temperature of the predictions; 0 = argmax."""
+    max_length: int = 2048
+    """Longest allowed training sequence (prompt + canvas); longer is an error, never truncated."""
+
+    def __post_init__(self):
+        steps, block = self.decode_steps, self.decode_block
+        if not 0 < self.eps < 1:
+            raise InputError(f"objective.options.eps={self.eps}: must be in (0, 1)")
+        if self.canvas_length < 2 or self.temperature < 0 or steps < 1:
+            raise InputError("objective.options: need canvas_length >= 2, steps >= 1 and temperature >= 0")
+        if block < 1 or self.canvas_length % block or steps % (self.canvas_length // block):
+            raise InputError(f"objective.options: canvas_length={self.canvas_length} must be a multiple of "
+                             f"block_length={block}, and steps={steps} a multiple of the number of blocks")
+
+    @property
+    def decode_steps(self) -> int:
+        return self.steps if self.steps is not None else self.canvas_length
+
+    @property
+    def decode_block(self) -> int:
+        return self.block_length if self.block_length is not None else self.canvas_length
+
+
+# --- the noising process and the loss (pure functions, tested against the formula) ---------------
+
+def sample_t(batch: int, eps: float, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(batch,) masking levels t ~ U(eps, 1)."""
+    return eps + (1 - eps) * torch.rand(batch, device=device, generator=generator)
+
+
+def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, t: torch.Tensor, mask_id: int,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each maskable token is masked independently with its row's probability t.
+
+    input_ids, maskable: (batch, seq); t: (batch,) -> (noisy input_ids, masked) both (batch, seq).
+    """
+    draw = torch.rand(input_ids.shape, device=input_ids.device, generator=generator)
+    masked = maskable & (draw < t[:, None])
+    return input_ids.masked_fill(masked, mask_id), masked
+
+
+def mdlm_loss(logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor, maskable: torch.Tensor,
+              t: torch.Tensor) -> torch.Tensor:
+    """mean_i (1/L_i) sum_{j masked} CE(logits_ij, targets_ij) / t_i  (see the module docstring).
+
+    logits (batch, seq, vocab); targets, masked, maskable (batch, seq); t (batch,).
+    """
+    rows, cols = masked.nonzero(as_tuple=True)  # only masked positions need the softmax
+    ce = F.cross_entropy(logits[rows, cols].float(), targets[rows, cols], reduction="none")  # (n_masked,)
+    per_token_weight = 1.0 / (t[rows] * maskable.sum(1).clamp(min=1)[rows])
+    return (ce * per_token_weight).sum() / targets.shape[0]
+
+
+# --- samples and batches ---------------------------------------------------------------------------
+
+def as_chat(sample, family, recipe: RecipeConfig, processor) -> ChatSample:
+    """Detection rows in message form: one image, the recipe's prompt, the family's box answer."""
+    if isinstance(sample, ChatSample):
+        return sample
+    return ChatSample([sample.image], user_messages(recipe.data.prompt),
+                      answer_for(sample, family, recipe, processor), sample.image_id)
+
+
+def encode_training_batch(processor, samples: list[ChatSample], options: MDLMOptions,
+                          generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """A noised diffusion batch: left-padded prompt + answer canvas (always the last `canvas_length`
+    columns), with a fresh t per sample and its masked tokens.
+
+    Returns the model inputs (input_ids noised) plus targets (batch, seq) = the clean ids,
+    maskable / masked (batch, seq) bool and t (batch,).
+    """
+    tokenizer = processor.tokenizer
+    prompts = encode_prompts(processor, samples)  # (batch, P)
+    canvas = torch.full((len(samples), options.canvas_length), tokenizer.eos_token_id, dtype=torch.long)
+    for row, sample in enumerate(samples):
+        answer = tokenizer(sample.answer, add_special_tokens=False)["input_ids"]
+        if len(answer) + 1 > options.canvas_length:
+            raise InputError(f"the answer of sample {sample.image_id!r} has {len(answer)} tokens + <|im_end|> > "
+                             f"objective.options.canvas_length={options.canvas_length}: raise canvas_length "
+                             "(never truncated)")
+        canvas[row, :len(answer)] = torch.tensor(answer)  # the rest stays <|im_end|>: EOS fill
+    batch = with_canvas(prompts, canvas)
+    longest = int(batch["attention_mask"].sum(1).max())
+    if longest > options.max_length:
+        raise InputError(f"a training sequence has {longest} tokens > objective.options.max_length="
+                         f"{options.max_length}: raise it or lower model.max_pixels (never truncated)")
+    maskable = maskable_positions(batch, tokenizer, options)
+    t = sample_t(len(samples), options.eps, generator=generator)
+    noisy, masked = mask_tokens(batch["input_ids"], maskable, t, tokenizer.convert_tokens_to_ids(MASK_TOKEN),
+                                generator)
+    return dict(batch, input_ids=noisy, targets=batch["input_ids"], maskable=maskable, masked=masked, t=t)
+
+
+def maskable_positions(batch: dict[str, torch.Tensor], tokenizer, options: MDLMOptions) -> torch.Tensor:
+    """(batch, seq) bool: the answer canvas; with mask_prompt_loss off also the prompt's text tokens.
+    Never padding, image tokens or the vision markers around them."""
+    attended = batch["attention_mask"] == 1
+    maskable = torch.zeros_like(attended)
+    maskable[:, -options.canvas_length:] = True
+    if not options.mask_prompt_loss:
+        vision = torch.tensor(tokenizer.convert_tokens_to_ids(
+            ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]))
+        maskable |= ~torch.isin(batch["input_ids"], vision)
+    return maskable & attended
+
+
+def ensure_mask_token(model, processor) -> int:
+    """The id of `<|mask|>`, adding it to the tokenizer (and a row to the embeddings) if missing."""
+    tokenizer = processor.tokenizer
+    if MASK_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([MASK_TOKEN], special_tokens=True)
+    mask_id = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
+    if mask_id >= model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return mask_id
+
+
+# --- evaluation ----------------------------------------------------------------------------------------
+
+def detection_view(sample, family, processor) -> DetectionSample | None:
+    """The sample as a detection target: its box, or the first box its reference answer holds."""
+    if isinstance(sample, DetectionSample):
+        return sample
+    if not sample.images:
+        return None
+    image = sample.images[0]
+    width, height = image.size
+    found = parse_answer(sample.answer, width, height, family, resized_image_size(processor, family, width, height))
+    return DetectionSample(image, found[0][1], width, height, sample.image_id) if found else None
+
+
+def score_answers(samples: list, texts: list[str], family, processor) -> dict:
+    """IoU metrics (as r1-r4) when every reference answer is a box; else exact-match of the text."""
+    views = [detection_view(s, family, processor) for s in samples]
+    if all(v is not None for v in views):
+        boxes = []
+        for view, text in zip(views, texts):
+            resized = resized_image_size(processor, family, view.width, view.height)
+            found = parse_answer(text, view.width, view.height, family, resized)
+            boxes.append(found[0][1] if found else None)
+        return evaluation_result(views, boxes, texts)
+    hits = [text.strip() == s.answer.strip() for s, text in zip(samples, texts)]
+    return {"metrics": {"exact_match": statistics.fmean(hits), "n": len(hits)},
+            "predictions": [{"image_id": s.image_id, "target": s.answer, "text": t} for s, t in zip(samples, texts)]}
+
+
+def write_text_report(run_dir: Path, metrics: dict) -> None:
+    base, tuned = metrics["base"]["exact_match"], metrics["finetuned"]["exact_match"]
+    (run_dir / "results.md").write_text(
+        f"# {metrics['recipe']}: base vs fine-tuned\n\n| model | exact match |\n|---|---|\n"
+        f"| base | {base:.3f} |\n| {metrics['recipe']} | {tuned:.3f} |\n\n"
+        f"{metrics['finetuned']['n']} test conversations; base model `{metrics['base_model']}`.\n\n"
+        "![training loss](loss.png)\n")
+
+
+# --- the objective -----------------------------------------------------------------------------------
+
+class MDLM(Objective):
+    name = "mdlm"
+    Options = MDLMOptions
+
+    def load_data(self, recipe):
+        source, limits = parse_split_spec(recipe.data.dataset)
+        dd = open_messages_source(source)
+        if dd is not None:
+            return messages_splits(dd, source, limits)
+        data = dataclasses.replace(recipe.data, dataset=source, max_train=limits.get("train", recipe.data.max_train),
+                                   max_test=limits.get("test", recipe.data.max_test))
+        return load_detection_data(dataclasses.replace(recipe, data=data))
+
+    def prepare_model(self, model, processor, recipe):
+        ensure_mask_token(model, processor)
+        return model
+
+    def make_collator(self, processor, family, recipe):
+        options = self.options(recipe)
+
+        def collate(samples):
+            return encode_training_batch(processor, [as_chat(s, family, recipe, processor) for s in samples], options)
+        return collate
+
+    def compute_loss(self, model, inputs, num_items_in_batch=None):
+        # The batch has no `labels`, so Trainer passes num_items_in_batch=None and divides this
+        # per-sample mean by the accumulation steps: accumulated batches average like one big batch.
+        inputs = dict(inputs)
+        targets, masked, maskable, t = (inputs.pop(k) for k in ("targets", "masked", "maskable", "t"))
+        # logits only from the first maskable column on (the canvas, by default): (batch, keep, vocab)
+        keep = maskable.shape[1] - int(maskable.int().argmax(1).min())
+        with bidirectional_attention(model):
+            logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+        return mdlm_loss(logits, targets[:, -keep:], masked[:, -keep:], maskable[:, -keep:], t)
+
+    def evaluate(self, model, processor, family, recipe, samples, desc):
+        options = self.options(recipe)
+        texts = []
+        for start in tqdm(range(0, len(samples), recipe.eval.batch_size), desc=desc, unit="batch"):
+            chats = [as_chat(s, family, recipe, processor) for s in samples[start:start + recipe.eval.batch_size]]
+            texts += diffusion_generate(model, processor, chats, options.canvas_length, options.decode_steps,
+                                        options.decode_block, options.remasking, options.temperature)
+        return score_answers(samples, texts, family, processor)
+
+    def report(self, run_dir, metrics, base_eval, finetuned_eval, samples):
+        if "mean_iou" not in metrics["finetuned"]:
+            write_text_report(run_dir, metrics)
+            return
+        boxed = [s if isinstance(s, DetectionSample) else
+                 DetectionSample(s.images[0], tuple(p["target"]), *s.images[0].size, s.image_id)
+                 for s, p in zip(samples, finetuned_eval["predictions"])]
+        write_detection_report(run_dir, metrics, base_eval, finetuned_eval, boxed)
+
+
+OBJECTIVE = MDLM()
