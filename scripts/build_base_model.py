@@ -29,13 +29,15 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-steps", type=int, default=0, help="keep a checkpoint every N steps (for inspection)")
     p.add_argument("--out", type=Path, help="output directory (default: the shipped asset path)")
     args = p.parse_args(argv)
     families = list(FAMILIES.values()) if args.family == "all" else [get_family(args.family)]
     for family in families:
         out = args.out or tiny_base_path(family)
         start = time.time()
-        log = pretrain_base(family, out, args.samples, args.epochs, args.lr, seed=args.seed)
+        log = pretrain_base(family, out, args.samples, args.epochs, args.lr, seed=args.seed,
+                            save_steps=args.save_steps)
         shutil.rmtree(out / "_trainer", ignore_errors=True)
         losses = [e["loss"] for e in log if "loss" in e]
         info = {"family": family.name, "samples": args.samples, "epochs": args.epochs, "lr": args.lr,

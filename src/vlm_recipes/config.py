@@ -28,16 +28,19 @@ class ModelConfig:
     family: str = "qwen3_vl"
     """Grounding convention and tiny base to use; a hub/local model's own config overrides it.
     The default is Qwen3-VL because its tiny base learns grounding on a CPU budget (DECISIONS D11)."""
-    min_pixels: int = 3136
-    """Pixel budget of the image processor (smart_resize). Saved with the run and reused at
-    evaluation and inference, so boxes mean the same thing in training and testing."""
-    max_pixels: int = 65536
+    min_pixels: int | None = None
+    """Pixel budget of the image processor (smart_resize); None = the checkpoint's own setting
+    (the tiny base: at most 160x160 px). The resolved values are saved in the run's config.yaml
+    and reused at evaluation and inference, so boxes mean the same thing everywhere. Cap
+    max_pixels for real models (e.g. 802816 = 1024 tokens) to avoid out-of-memory on photos."""
+    max_pixels: int | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """"auto": bfloat16 on a GPU that supports it, float32 on CPU."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
 
     def __post_init__(self):
-        if not 0 < self.min_pixels <= self.max_pixels:
+        lo, hi = self.min_pixels or 1, self.max_pixels or self.min_pixels or 1
+        if lo <= 0 or lo > hi:
             raise InputError(f"model.min_pixels={self.min_pixels} and model.max_pixels={self.max_pixels}: "
                              "need 0 < min_pixels <= max_pixels")
 
@@ -155,7 +158,8 @@ class ObjectiveConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = 16
-    max_new_tokens: int = 40
+    max_new_tokens: int = 64
+    """Enough for one box in every family's format (Qwen2.5/3-VL JSON: ~42 tokens)."""
     num_plot: int = 8
     """Test images drawn with true and predicted boxes in predictions.png."""
 

@@ -4,7 +4,8 @@ A row is an OpenAI-style conversation whose LAST turn is the assistant's answer,
 images: `images` (a list) or `image` (one). Image parts in the user turns are
 `{"type": "image"}`; a conversation with images but no image part gets them at the start of
 its first user turn. `source[train:N,test:M]` keeps the first N train and first M test rows (as
-in dllm's dataset arguments); either part may be left out.
+in dllm's dataset arguments); either part may be left out. On detection data the same spec sets
+`data.max_train` / `data.max_test` (a seeded random subset, as for the other recipes).
 """
 
 from __future__ import annotations
@@ -45,26 +46,36 @@ def parse_split_spec(dataset: str) -> tuple[str, dict[str, int]]:
 
 
 def open_messages_source(source: str):
-    """The source as a DatasetDict if it has a `messages` column, else None (not conversation data)."""
+    """The source as a DatasetDict if it has a `messages` column, else None (left to the detection loader,
+    which also reports sources that cannot be read)."""
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     path = Path(source).expanduser()
+    local = path.exists()
+    if source == "synthetic" or (not local and source.startswith(("/", ".", "~"))):
+        return None
     try:
         if (path / "dataset_dict.json").is_file():
-            dd = load_from_disk(str(path))
-        elif path.exists():
+            dd = load_from_disk(str(path))  # memory-mapped: opening is cheap
+        elif local:
             files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
-            kind = "json" if files and files[0].suffix in (".json", ".jsonl") else "parquet"
-            dd = load_dataset(kind, data_files=[str(f) for f in files]) if files else None
-        elif source.startswith(("/", ".", "~")) or source == "synthetic":
-            dd = None
+            if files and files[0].suffix == ".parquet" and "messages" not in _parquet_columns(files[0]):
+                return None  # decided from the schema, without reading the (maybe large) data
+            dd = load_dataset(str(path)) if path.is_dir() else load_dataset(
+                "json" if path.suffix in (".json", ".jsonl") else "parquet", data_files={"train": str(path)})
         else:
             dd = load_dataset(source)
-    except Exception:  # unreadable here: the detection loader reports it with its own message
+    except Exception:  # not a datasets source we can read here: the detection loader explains why
         return None
     if not isinstance(dd, DatasetDict) or not all("messages" in ds.column_names for ds in dd.values()):
         return None
     return dd
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(path).names
 
 
 def messages_splits(dd, source: str, limits: dict[str, int]) -> dict[str, list[ChatSample]]:

@@ -37,8 +37,11 @@ def commit_schedule(num_masked: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def propose(logits: torch.Tensor, temperature: float, remasking: Remasking,
-            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted token and its confidence per position: (batch, length, vocab) -> 2 x (batch, length)."""
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per position: the predicted token, its probability, and the confidence that orders commits.
+
+    (batch, length, vocab) -> 3 x (batch, length).
+    """
     logits = logits.float()
     if temperature > 0:
         # Gumbel-max: argmax(logits / T + Gumbel noise) is a sample from softmax(logits / T)
@@ -46,29 +49,33 @@ def propose(logits: torch.Tensor, temperature: float, remasking: Remasking,
         tokens = (logits / temperature - torch.log(-torch.log(uniform))).argmax(-1)
     else:
         tokens = logits.argmax(-1)
+    probability = logits.softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
     if remasking == "low_confidence":
-        confidence = logits.softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
+        confidence = probability
     elif remasking == "random":
         confidence = torch.rand(tokens.shape, generator=generator, device=logits.device)
     else:
         raise ValueError(f"unknown remasking {remasking!r}")
-    return tokens, confidence
+    return tokens, probability, confidence
 
 
 def unmask(predict: Callable[[torch.Tensor], torch.Tensor], canvas: torch.Tensor, mask_id: int, steps: int,
            block_length: int, remasking: Remasking = "low_confidence", temperature: float = 0.0,
            generator: torch.Generator | None = None,
-           on_step: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+           on_step: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fill the masked positions of `canvas` (batch, length) in `steps` model calls.
 
     `predict(canvas)` returns logits (batch, length, vocab) for the canvas positions.
     `on_step(canvas)` sees the canvas after every step (tests, visualisation).
+    Returns the filled canvas and each token's probability when it was committed (1 where the
+    canvas was given), both (batch, length).
     """
     batch, length = canvas.shape
     if length % block_length or steps % (length // block_length):
         raise ValueError(f"canvas {length} must be a multiple of block_length {block_length}, and steps {steps} "
                          f"a multiple of the number of blocks {length // block_length}")
     canvas = canvas.clone()
+    committed = torch.ones(canvas.shape, device=canvas.device)  # (batch, length)
     steps_per_block = steps // (length // block_length)
     columns = torch.arange(length, device=canvas.device)
     for start in range(0, length, block_length):
@@ -77,15 +84,16 @@ def unmask(predict: Callable[[torch.Tensor], torch.Tensor], canvas: torch.Tensor
         for step in range(steps_per_block):
             logits = predict(canvas)  # (batch, length, vocab)
             logits[..., mask_id] = float("-inf")  # a mask is never a prediction
-            tokens, confidence = propose(logits, temperature, remasking, generator)
+            tokens, probability, confidence = propose(logits, temperature, remasking, generator)
             open_ = (canvas == mask_id) & in_block  # (batch, length): may be committed now
             confidence = confidence.masked_fill(~open_, float("-inf"))
             rank = confidence.argsort(1, descending=True).argsort(1)  # 0 = most confident
             commit = open_ & (rank < schedule[:, step:step + 1])
             canvas = torch.where(commit, tokens, canvas)
+            committed = torch.where(commit, probability, committed)
             if on_step is not None:
                 on_step(canvas)
-    return canvas
+    return canvas, committed
 
 
 def with_canvas(prompts, canvas: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -103,8 +111,14 @@ def with_canvas(prompts, canvas: torch.Tensor) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def diffusion_generate(model, processor, samples: list[ChatSample], canvas_length: int, steps: int,
                        block_length: int, remasking: Remasking = "low_confidence", temperature: float = 0.0,
-                       mask_token: str = "<|mask|>", generator: torch.Generator | None = None) -> list[str]:
-    """Answer text per sample, cut at the first <|im_end|> (as `generation.generate_texts`)."""
+                       shift_logits: bool = False, mask_token: str = "<|mask|>",
+                       generator: torch.Generator | None = None) -> tuple[list[str], list[float]]:
+    """Answer text per sample, cut at the first <|im_end|> (as `generation.generate_texts`), and its
+    confidence: the geometric mean of its tokens' probabilities when committed, up to and including
+    that <|im_end|> (ranks detections for AP, like the autoregressive path's score).
+
+    `shift_logits`: canvas token i is predicted by the logits at the position before it (as trained).
+    """
     tokenizer = processor.tokenizer
     mask_id = tokenizer.convert_tokens_to_ids(mask_token)
     prompts = encode_prompts(processor, samples).to(model.device)
@@ -121,9 +135,18 @@ def diffusion_generate(model, processor, samples: list[ChatSample], canvas_lengt
 
         def predict(current: torch.Tensor) -> torch.Tensor:
             inputs["input_ids"] = torch.cat([prompt_ids, current], 1)
-            return model(**inputs, logits_to_keep=canvas_length, use_cache=False).logits  # (batch, L, vocab)
+            logits = model(**inputs, logits_to_keep=canvas_length + shift_logits, use_cache=False).logits
+            return logits[:, :canvas_length]  # (batch, L, vocab), aligned with the canvas
 
-        canvas = unmask(predict, canvas, mask_id, steps, block_length, remasking, temperature, generator)
-    model.train(was_training)
+        try:
+            canvas, probability = unmask(predict, canvas, mask_id, steps, block_length, remasking, temperature,
+                                         generator)
+        finally:
+            model.train(was_training)
     texts = tokenizer.batch_decode(canvas, skip_special_tokens=False)
-    return [t.split(tokenizer.eos_token)[0].replace(tokenizer.pad_token, "") for t in texts]
+    texts = [t.split(tokenizer.eos_token)[0].replace(tokenizer.pad_token, "") for t in texts]
+    # the answer ends at its first <|im_end|> (the canvas end if there is none)
+    is_eos = (canvas == tokenizer.eos_token_id).long()
+    answer = (is_eos.cumsum(1) - is_eos) == 0  # (batch, L): before or at the first <|im_end|>
+    scores = ((probability.clamp_min(1e-12).log() * answer).sum(1) / answer.sum(1)).exp().tolist()
+    return texts, scores

@@ -64,7 +64,15 @@ def load_processor(path: str, cfg: ModelConfig):
         raise InputError(f"{path!r} has no image processor and tokenizer: it is not a vision-language "
                          "checkpoint (save the processor next to the weights)")
     # The pixel budget of this run applies, whatever the checkpoint saved.
-    processor.image_processor.size = {"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels}
+    size = dict(processor.image_processor.size)
+    if cfg.min_pixels is not None:
+        size["shortest_edge"] = cfg.min_pixels
+    if cfg.max_pixels is not None:
+        size["longest_edge"] = cfg.max_pixels
+    if size["shortest_edge"] > size["longest_edge"]:
+        raise InputError(f"model.min_pixels={size['shortest_edge']} > model.max_pixels={size['longest_edge']} "
+                         f"for {path!r}: lower min_pixels or raise max_pixels")
+    processor.image_processor.size = size
     return processor
 
 
@@ -150,7 +158,12 @@ def apply_stage(model, stage: StageConfig):
                          "/ lora.vision_modules")
     peft_cfg = PeftLoraConfig(r=stage.lora.r, lora_alpha=stage.lora.alpha, lora_dropout=stage.lora.dropout,
                               target_modules=targets, bias="none")
-    return get_peft_model(model, peft_cfg)
+    model = get_peft_model(model, peft_cfg)
+    # peft freezes every non-adapter weight: the parts this stage unfreezes train in full again
+    for name, param in model.named_parameters():
+        if ".lora_" not in name and not getattr(stage.freeze, part_of(name)) and param.dtype.is_floating_point:
+            param.requires_grad_(True)
+    return model
 
 
 def lora_target_names(model: nn.Module, lora: LoraConfig) -> list[str]:

@@ -24,8 +24,9 @@ from .tiny import build_tiny, save_checkpoint
 
 GROUND_PROMPTS = ["Locate the {} in the image.", "Find the {}.", "Where is the {}?", "Detect the {}."]
 ALL_PROMPT = "Locate every object in the image."
-# The tiny base's default pixel budget: images of up to 256x256 px.
-MIN_PIXELS, MAX_PIXELS = 3136, 65536
+# The tiny base's pixel budget (saved in its processor): at most 160x160 px, i.e. 5x5 tokens for
+# Qwen3-VL, so that training steps take a fraction of a second on a CPU.
+MIN_PIXELS, MAX_PIXELS = 3136, 25600
 
 
 @dataclass
@@ -55,12 +56,13 @@ class ShapesDataset:
             label, box = rng.choice(objects)
             prompt, answer_objects = rng.choice(GROUND_PROMPTS).format(label), [(label, box)]
         else:
-            prompt, answer_objects = ALL_PROMPT, objects
+            # reading order (top to bottom, then left to right): a random order is unlearnable
+            prompt, answer_objects = ALL_PROMPT, sorted(objects, key=lambda o: (o[1][1], o[1][0]))
         return ShapesSample(image, prompt, format_answer(answer_objects, w, h, self.family, resized))
 
 
 def pretrain_base(family: Family, out_dir: Path, num_samples: int, epochs: float, learning_rate: float,
-                  seed: int = 0, batch_size: int = 16) -> list[dict]:
+                  seed: int = 0, batch_size: int = 16, save_steps: int = 0) -> list[dict]:
     """Build the tiny model, pretrain it on shapes, save it with its processor to `out_dir`."""
     model, processor = build_tiny(family, MIN_PIXELS, MAX_PIXELS, seed=seed)
     samples = ShapesDataset(num_samples, family, seed)
@@ -72,7 +74,9 @@ def pretrain_base(family: Family, out_dir: Path, num_samples: int, epochs: float
     stage = StageConfig(name="pretrain", freeze=FreezeConfig(vision=False, merger=False, llm=False),
                         train=TrainConfig(learning_rate=learning_rate, num_train_epochs=epochs,
                                           per_device_train_batch_size=batch_size, warmup_ratio=0.03,
-                                          logging_steps=25, weight_decay=0.01))
+                                          logging_steps=25, weight_decay=0.01,
+                                          extra={"save_strategy": "steps", "save_steps": save_steps,
+                                                 "save_only_model": True} if save_steps else {}))
     log = train_stage(model, stage, Objective(), collate, samples, out_dir / "_trainer", seed=seed, bf16=False,
                       use_cpu=True, report_to=[])
     save_checkpoint(model, processor, out_dir)

@@ -37,6 +37,19 @@ class Objective:
         """The loss; None means "the model's own loss from `labels`" (next-token cross-entropy)."""
         return None
 
+    def prepare_trainer(self, trainer) -> None:
+        """Hook when the Trainer is built, before its optimizer: add callbacks or training-only
+        parameters (mrl: a learned temperature, weight EMA). Default: nothing."""
+
+    def training_step(self, trainer, model, inputs: dict, num_items_in_batch=None) -> torch.Tensor | None:
+        """A whole training step (forward and backward) when the objective needs several backward
+        passes (mrl's gradient caching); returns the detached loss. None: the Trainer's own step."""
+        return None
+
+    def summary(self, model, recipe: RecipeConfig) -> dict:
+        """Extra top-level keys for metrics.json (mrl: its Matryoshka "dims"). Default: none."""
+        return {}
+
     def evaluate(self, model, processor, family, recipe: RecipeConfig, samples: list, desc: str) -> dict:
         """{"metrics": {...}, "predictions": [...]}: the metrics go to metrics.json."""
         raise NotImplementedError

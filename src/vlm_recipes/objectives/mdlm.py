@@ -1,16 +1,22 @@
 """Masked-diffusion (MDLM / LLaDA) fine-tuning of the language model; answers by iterative unmasking.
 
-Training, per sample: draw t ~ U(eps, 1); mask each answer token independently with
-probability t (replace it by `<|mask|>`); the language model, attending BIDIRECTIONALLY,
-predicts the original tokens; the loss is cross-entropy on the masked positions weighted by 1/t.
+Training, per sample: draw t ~ U(eps, 1) (stratified over the batch); mask each answer token
+independently with probability t (replace it by `<|mask|>`); the language model, attending
+BIDIRECTIONALLY (models/attention.py), predicts the original tokens; the loss is cross-entropy on
+the masked positions weighted by 1/t. The noise is drawn in the collator, so a batch is a fixed,
+inspectable object and `compute_loss` is a pure function of it.
 
 Normalisation (LLaDA's SFT loss, the MDLM NELBO per token): per sample, the weighted sum over
 masked positions is divided by the number of maskable tokens of that sample (its answer
 canvas), then the batch is averaged over samples:
     loss = mean_i [ (1 / L_i) * sum_{j masked in i} CE_ij / t_i ]
-which is an unbiased estimate of the per-token negative ELBO. With the default fixed canvas
-every L_i is the same, so this equals dividing by all maskable tokens of the batch, and a batch
-of 8 equals 2 accumulated batches of 4.
+which is an unbiased estimate of the per-token negative ELBO. A batch's loss is the mean of its
+rows' losses, so accumulated micro-batches average like one big batch; with the default fixed
+canvas every L_i is the same and this also equals MDLM's division by all maskable tokens.
+
+Logits alignment (`shift_logits`, default on): token i is predicted by the logits at position
+i - 1, as the autoregressive base was trained to (Dream's way of adapting an AR checkpoint); off,
+by the logits at position i (LLaDA). The masked tokens and the loss are the same either way.
 
 The answer canvas: answer + <|im_end|>, filled with more <|im_end|> up to `canvas_length`
 (LLaDA's EOS padding, chosen deliberately): decoding writes into a fixed-length canvas, so the
@@ -66,6 +72,9 @@ class MDLMOptions:
     """Sampling temperature of the predictions; 0 = argmax."""
     max_length: int = 2048
     """Longest allowed training sequence (prompt + canvas); longer is an error, never truncated."""
+    shift_logits: bool = True
+    """Token i is predicted by the logits at position i-1, as the autoregressive base was trained to
+    (Dream's adaptation of an AR checkpoint); false: by the logits at position i (LLaDA, MDLM)."""
 
     def __post_init__(self):
         steps, block = self.decode_steps, self.decode_block
@@ -89,8 +98,12 @@ class MDLMOptions:
 # --- the noising process and the loss (pure functions, tested against the formula) ---------------
 
 def sample_t(batch: int, eps: float, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(batch,) masking levels t ~ U(eps, 1)."""
-    return eps + (1 - eps) * torch.rand(batch, device=device, generator=generator)
+    """(batch,) masking levels t ~ U(eps, 1), stratified: one per 1/batch-wide slice of [0, 1) with a
+    shared random offset (MDLM's low-discrepancy sampler). Each t is still uniform; the batch covers
+    the whole range, which lowers the variance of the 1/t-weighted loss."""
+    u = (torch.arange(batch, device=device) + torch.rand(1, device=device, generator=generator)) / batch
+    u = u[torch.randperm(batch, device=device, generator=generator)]  # no link between row and level
+    return eps + (1 - eps) * u
 
 
 def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, t: torch.Tensor, mask_id: int,
@@ -131,8 +144,9 @@ def encode_training_batch(processor, samples: list[ChatSample], options: MDLMOpt
     """A noised diffusion batch: left-padded prompt + answer canvas (always the last `canvas_length`
     columns), with a fresh t per sample and its masked tokens.
 
-    Returns the model inputs (input_ids noised) plus targets (batch, seq) = the clean ids,
-    maskable / masked (batch, seq) bool and t (batch,).
+    Returns the model inputs (input_ids noised), t (batch,), and, ALIGNED WITH THE LOGITS (column c
+    is what the logits at column c must predict: token c, or token c + 1 with `shift_logits`):
+    targets (batch, seq) clean ids, maskable / masked (batch, seq) bool.
     """
     tokenizer = processor.tokenizer
     prompts = encode_prompts(processor, samples)  # (batch, P)
@@ -153,7 +167,14 @@ def encode_training_batch(processor, samples: list[ChatSample], options: MDLMOpt
     t = sample_t(len(samples), options.eps, generator=generator)
     noisy, masked = mask_tokens(batch["input_ids"], maskable, t, tokenizer.convert_tokens_to_ids(MASK_TOKEN),
                                 generator)
-    return dict(batch, input_ids=noisy, targets=batch["input_ids"], maskable=maskable, masked=masked, t=t)
+    shift = int(options.shift_logits)
+    return dict(batch, input_ids=noisy, t=t, targets=_to_logit_columns(batch["input_ids"], shift),
+                maskable=_to_logit_columns(maskable, shift), masked=_to_logit_columns(masked, shift))
+
+
+def _to_logit_columns(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """(batch, seq) per token -> per logits column: the token at c is predicted at c - shift."""
+    return torch.cat([x[:, shift:], torch.zeros_like(x[:, :shift])], 1)
 
 
 def maskable_positions(batch: dict[str, torch.Tensor], tokenizer, options: MDLMOptions) -> torch.Tensor:
@@ -166,11 +187,18 @@ def maskable_positions(batch: dict[str, torch.Tensor], tokenizer, options: MDLMO
         vision = torch.tensor(tokenizer.convert_tokens_to_ids(
             ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]))
         maskable |= ~torch.isin(batch["input_ids"], vision)
-    return maskable & attended
+    maskable &= attended
+    if options.shift_logits:  # a token is predicted from its left neighbour, which must exist
+        maskable[:, 1:] &= attended[:, :-1]
+        maskable[:, 0] = False
+    return maskable
 
 
 def ensure_mask_token(model, processor) -> int:
-    """The id of `<|mask|>`, adding it to the tokenizer (and a row to the embeddings) if missing."""
+    """The id of `<|mask|>`, adding it to the tokenizer (and a row to the embeddings) if missing.
+
+    Real Qwen checkpoints have spare embedding rows beyond their tokenizer, so the new id lands in
+    an existing row: no resize, and a LoRA adapter plus the saved tokenizer reload consistently."""
     tokenizer = processor.tokenizer
     if MASK_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_tokens([MASK_TOKEN], special_tokens=True)
@@ -194,7 +222,7 @@ def detection_view(sample, family, processor) -> DetectionSample | None:
     return DetectionSample(image, found[0][1], width, height, sample.image_id) if found else None
 
 
-def score_answers(samples: list, texts: list[str], family, processor) -> dict:
+def score_answers(samples: list, texts: list[str], scores: list[float], family, processor) -> dict:
     """IoU metrics (as r1-r4) when every reference answer is a box; else exact-match of the text."""
     views = [detection_view(s, family, processor) for s in samples]
     if all(v is not None for v in views):
@@ -203,7 +231,7 @@ def score_answers(samples: list, texts: list[str], family, processor) -> dict:
             resized = resized_image_size(processor, family, view.width, view.height)
             found = parse_answer(text, view.width, view.height, family, resized)
             boxes.append(found[0][1] if found else None)
-        return evaluation_result(views, boxes, texts)
+        return evaluation_result(views, boxes, texts, scores)
     hits = [text.strip() == s.answer.strip() for s, text in zip(samples, texts)]
     return {"metrics": {"exact_match": statistics.fmean(hits), "n": len(hits)},
             "predictions": [{"image_id": s.image_id, "target": s.answer, "text": t} for s, t in zip(samples, texts)]}
@@ -257,12 +285,15 @@ class MDLM(Objective):
 
     def evaluate(self, model, processor, family, recipe, samples, desc):
         options = self.options(recipe)
-        texts = []
+        texts, scores = [], []
         for start in tqdm(range(0, len(samples), recipe.eval.batch_size), desc=desc, unit="batch"):
             chats = [as_chat(s, family, recipe, processor) for s in samples[start:start + recipe.eval.batch_size]]
-            texts += diffusion_generate(model, processor, chats, options.canvas_length, options.decode_steps,
-                                        options.decode_block, options.remasking, options.temperature)
-        return score_answers(samples, texts, family, processor)
+            answers, confidences = diffusion_generate(
+                model, processor, chats, options.canvas_length, options.decode_steps, options.decode_block,
+                options.remasking, options.temperature, shift_logits=options.shift_logits)
+            texts += answers
+            scores += confidences
+        return score_answers(samples, texts, scores, family, processor)
 
     def report(self, run_dir, metrics, base_eval, finetuned_eval, samples):
         if "mean_iou" not in metrics["finetuned"]:

@@ -45,9 +45,9 @@ class SFT(Objective):
         return collate
 
     def evaluate(self, model, processor, family, recipe, samples, desc):
-        boxes, texts = predict_boxes(model, processor, family, samples, recipe.data.prompt,
-                                     recipe.eval.batch_size, recipe.eval.max_new_tokens, desc=desc)
-        return evaluation_result(samples, boxes, texts)
+        boxes, texts, scores = predict_boxes(model, processor, family, samples, recipe.data.prompt,
+                                             recipe.eval.batch_size, recipe.eval.max_new_tokens, desc=desc)
+        return evaluation_result(samples, boxes, texts, scores)
 
     def report(self, run_dir, metrics, base_eval, finetuned_eval, samples):
         write_detection_report(run_dir, metrics, base_eval, finetuned_eval, samples)
@@ -59,10 +59,12 @@ def load_detection_data(recipe: RecipeConfig) -> dict[str, list]:
                                  max_train=data.max_train, max_test=data.max_test, seed=recipe.seed)
 
 
-def evaluation_result(samples, boxes, texts) -> dict:
-    metrics = detection_metrics(boxes, [s.box for s in samples])
+def evaluation_result(samples, boxes, texts, scores=None) -> dict:
+    """Detection metrics and per-image predictions; `scores` rank detections for AP (default 1)."""
+    metrics = detection_metrics(boxes, [s.box for s in samples], scores)
+    scores = scores or [1.0] * len(samples)
     predictions = [{"image_id": s.image_id, "target": list(s.box), "predicted": list(b) if b else None,
-                    "text": t} for s, b, t in zip(samples, boxes, texts)]
+                    "text": t, "score": round(c, 4)} for s, b, t, c in zip(samples, boxes, texts, scores)]
     return {"metrics": metrics, "predictions": predictions}
 
 

@@ -12,6 +12,7 @@ Run directory (complete only when status.json says "complete"):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import sys
@@ -41,6 +42,10 @@ def run_recipe(recipe: RecipeConfig, run_dir: Path, device: str = "cpu", report_
     processor = load_processor(base_path, recipe.model)
     family = model_family(base_path, recipe.model)
     _check_stages(recipe)
+    # save the pixel budget actually used, so evaluation and inference can reuse it
+    size = processor.image_processor.size
+    recipe = dataclasses.replace(recipe, model=dataclasses.replace(
+        recipe.model, min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"]))
 
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_status(run_dir, "running")
@@ -84,7 +89,8 @@ def _train_and_evaluate(recipe, objective, data, base_path, processor, family, r
     train_seconds = time.time() - start
 
     final_eval = objective.evaluate(model, processor, family, recipe, data["test"], desc="fine-tuned model")
-    metrics = {"recipe": recipe.name, "objective": objective.name, "family": family.name, "base_model": base_path,
+    metrics = {"recipe": recipe.name, **objective.summary(model, recipe), "objective": objective.name,
+               "family": family.name, "base_model": base_path,
                "base": base_eval["metrics"], "finetuned": final_eval["metrics"],
                "train_seconds": round(train_seconds, 1),
                "trainable_params": max(s["trainable_params"] for s in stages_info), "stages": stages_info}

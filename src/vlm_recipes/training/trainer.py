@@ -24,6 +24,12 @@ class RecipeTrainer(Trainer):
     def __init__(self, *args, objective, **kwargs):
         super().__init__(*args, **kwargs)
         self.objective = objective
+        objective.prepare_trainer(self)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # an objective may own the whole step (mrl's gradient caching runs several backward passes)
+        loss = self.objective.training_step(self, model, inputs, num_items_in_batch)
+        return super().training_step(model, inputs, num_items_in_batch) if loss is None else loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = self.objective.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
@@ -53,7 +59,7 @@ def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bo
     bad = sorted(set(train.extra) - known)
     if bad:
         raise InputError(f"train.extra.{bad[0]} is not a TrainingArguments field")
-    return TrainingArguments(
+    settings = dict(
         output_dir=str(output_dir),
         learning_rate=train.learning_rate,
         num_train_epochs=train.num_train_epochs,
@@ -74,8 +80,9 @@ def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bo
         use_cpu=use_cpu,
         dataloader_num_workers=0,
         remove_unused_columns=False,  # samples are objects; the collator builds tensors
-        **train.extra,
     )
+    settings.update(train.extra)  # explicit extras win over the defaults above
+    return TrainingArguments(**settings)
 
 
 def train_stage(model, stage: StageConfig, objective, collator, train_data: list, output_dir: Path,

@@ -1,0 +1,107 @@
+"""`python scripts/encode.py --model DIR --images PATH... --out DIR [--query TEXT]`: embed and search.
+
+Writes `images.npy` (N, H) float32 L2-normalised, `images.txt` (one path per row) and, with
+--texts FILE (one query a line), `texts.npy`. With --query, prints the top-k images for it at
+`--dim` (a Matryoshka prefix, re-normalised; default the full size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="encode.py", description="Embed images (and texts) with a Qwen-VL embedding "
+                                "model, e.g. a run's model/ directory; optionally search them with a text query.")
+    p.add_argument("--model", required=True, help="run's model/ dir (LoRA adapter or full), or a checkpoint dir")
+    p.add_argument("--images", nargs="+", default=[], help="image files or directories of images")
+    p.add_argument("--texts", type=Path, help="a text file, one query a line, embedded to texts.npy")
+    p.add_argument("--out", type=Path, help="directory for the .npy files")
+    p.add_argument("--query", help="search the images with this text and print the top k")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--dim", type=int, help="Matryoshka prefix used for search (default: full)")
+    p.add_argument("--pooling", choices=["last", "mean"], help="default: the run's config.yaml, else last")
+    p.add_argument("--batch-size", type=int, default=32)
+    return p
+
+
+def image_paths(items: list[str]) -> list[Path]:
+    paths = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise InputError(f"--images {item}: no such file or directory")
+    return paths
+
+
+def settings_for(model_dir: Path, pooling: str | None, batch_size: int):
+    """Pooling and instructions as the run trained them (its config.yaml next to model/)."""
+    import yaml
+
+    from ..models.embedding import EncodeSettings
+    from ..objectives.mrl import MRLOptions
+
+    options = MRLOptions()
+    config = model_dir.parent / "config.yaml"
+    if config.is_file():
+        raw = yaml.safe_load(config.read_text())
+        if raw.get("objective", {}).get("name") == "mrl":
+            from ..config import from_dict
+
+            options = from_dict(MRLOptions, raw["objective"]["options"], "objective.options")
+    settings = options.encode_settings(batch_size)
+    if pooling:
+        settings.pooling = pooling
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from ..models.embedding import Embedder, truncate
+
+    paths = image_paths(args.images)
+    if not paths and not args.texts:
+        raise InputError("nothing to embed: pass --images and/or --texts")
+    if args.query and not paths:
+        raise InputError("--query searches images: pass --images too")
+    embedder = Embedder.load(args.model, settings=settings_for(Path(args.model), args.pooling, args.batch_size))
+    images = embedder.encode_images([Image.open(p) for p in paths]) if paths else None
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        if images is not None:
+            np.save(args.out / "images.npy", images.numpy())
+            (args.out / "images.txt").write_text("".join(f"{p}\n" for p in paths))
+        if args.texts:
+            lines = [line for line in args.texts.read_text().splitlines() if line.strip()]
+            np.save(args.out / "texts.npy", embedder.encode_texts(lines).numpy())
+    if args.query:
+        dim = args.dim or images.shape[1]
+        if not 0 < dim <= images.shape[1]:
+            raise InputError(f"--dim {dim}: must be in 1..{images.shape[1]}")
+        query = embedder.encode_texts([args.query])
+        scores = (truncate(query, dim) @ truncate(images, dim).T)[0]
+        top = scores.topk(min(args.top_k, len(paths)))
+        for score, index in zip(top.values.tolist(), top.indices.tolist()):
+            print(f"{score:.4f}  {paths[index]}")
+    return 0

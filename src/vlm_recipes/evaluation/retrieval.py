@@ -1,0 +1,129 @@
+"""Retrieval metrics (Recall@k, MRR@10, nDCG@10) per Matryoshka dim, results.md and plots.
+
+Metrics follow torchmetrics' retrieval definitions (checked against them in tests/test_mrl.py):
+  recall@k  = relevant items in the top k / relevant items
+  mrr@10    = 1 / rank of the first relevant item, 0 if it is not in the top 10
+  ndcg@10   = DCG@10 / ideal DCG@10 with binary relevance, gains 1/log2(rank + 1)
+averaged over queries. They are computed here in one vectorised pass over the (queries, gallery)
+score matrix: torchmetrics' per-query grouping takes seconds per (model, direction, dim).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+METRIC_NAMES = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
+
+
+def retrieval_metrics(scores: torch.Tensor, relevant: torch.Tensor, top: int = 10) -> dict[str, float]:
+    """scores (queries, gallery), relevant (queries, gallery) bool; every query needs >= 1 relevant."""
+    relevant = relevant.bool()
+    num_relevant = relevant.sum(1).float()  # (queries,)
+    if bool((num_relevant == 0).any()):
+        raise ValueError("every query needs at least one relevant gallery item")
+    order = scores.float().argsort(dim=1, descending=True, stable=True)
+    hits = relevant.gather(1, order[:, :top]).float()  # (queries, top): 1 where a relevant item is ranked
+    out = {f"recall@{k}": (hits[:, :k].sum(1) / num_relevant).mean().item() for k in (1, 5, 10)}
+    first = torch.where(hits.any(1), hits.argmax(1).float() + 1, torch.full_like(num_relevant, math.inf))
+    out["mrr@10"] = (1.0 / first).mean().item()  # 1/inf = 0: not in the top 10
+    gains = 1.0 / torch.log2(torch.arange(top, dtype=torch.float32) + 2)  # (top,)
+    ideal = torch.cumsum(gains, 0)[num_relevant.clamp(max=top).long() - 1]  # (queries,)
+    out["ndcg@10"] = ((hits * gains).sum(1) / ideal).mean().item()
+    return {name: out[name] for name in METRIC_NAMES}
+
+
+def metrics_by_dim(queries: torch.Tensor, gallery: torch.Tensor, relevant: torch.Tensor, dims: tuple[int, ...]
+                   ) -> dict[str, dict[str, dict[str, float]]]:
+    """{"t2i": {"<dim>": metrics}, "i2t": {...}} from full normalised embeddings (queries, H), (gallery, H)."""
+    from ..models.embedding import truncate
+
+    result: dict[str, dict] = {"t2i": {}, "i2t": {}}
+    for dim in dims:
+        scores = truncate(queries, dim) @ truncate(gallery, dim).T  # (queries, gallery) cosine
+        result["t2i"][str(dim)] = retrieval_metrics(scores, relevant)
+        result["i2t"][str(dim)] = retrieval_metrics(scores.T, relevant.T)
+    return result
+
+
+# --- report -------------------------------------------------------------------------------
+
+def retrieval_table(metrics: dict, direction: str) -> str:
+    dims = list(metrics["base"][direction])
+    lines = ["| model | dim | " + " | ".join(METRIC_NAMES) + " |", "|" + "---|" * (len(METRIC_NAMES) + 2)]
+    for model, key in (("base", "base"), ("fine-tuned", "finetuned")):
+        for dim in dims:
+            row = metrics[key][direction][dim]
+            lines.append(f"| {model} | {dim} | " + " | ".join(f"{row[m]:.3f}" for m in METRIC_NAMES) + " |")
+    return "\n".join(lines)
+
+
+def write_retrieval_report(run_dir: Path, metrics: dict, finetuned_eval: dict, samples: list) -> None:
+    """results.md, recall_vs_dim.png and retrievals.png (fine-tuned top 4 for a few queries)."""
+    dims = list(metrics["finetuned"]["t2i"])
+    full, small = dims[-1], dims[0]
+    tuned, base = metrics["finetuned"]["t2i"], metrics["base"]["t2i"]
+    keep = tuned[small]["recall@1"] / max(tuned[full]["recall@1"], 1e-9)
+    stages = ", ".join(f"{s['name']} ({s['train_seconds']} s, {s['trainable_params']:,} trainable)"
+                       for s in metrics["stages"])
+    text = (f"# {metrics['recipe']}: text-image retrieval, base vs fine-tuned\n\n"
+            f"Gallery: {finetuned_eval['gallery_size']} targets, {finetuned_eval['num_queries']} queries. "
+            f"Text->image Recall@1 at the full dim {full}: {base[full]['recall@1']:.3f} (base) -> "
+            f"{tuned[full]['recall@1']:.3f} (fine-tuned); at dim {small} the fine-tuned model keeps "
+            f"{100 * keep:.0f}% of it. Base model: `{metrics['base_model']}` ({metrics['family']}). "
+            f"Stages: {stages}.\n\n"
+            f"## Text -> image\n\n{retrieval_table(metrics, 't2i')}\n\n"
+            f"## Image -> text\n\n{retrieval_table(metrics, 'i2t')}\n\n"
+            "![Recall@1 vs dim](recall_vs_dim.png)\n\n![training loss](loss.png)\n\n"
+            "![fine-tuned retrievals](retrievals.png)\n")
+    (run_dir / "results.md").write_text(text)
+    plot_recall_vs_dim(metrics, run_dir / "recall_vs_dim.png")
+    plot_retrievals(samples, finetuned_eval["predictions"], run_dir / "retrievals.png")
+
+
+def plot_recall_vs_dim(metrics: dict, path: Path) -> None:
+    from .plots import plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for key, style in (("base", "--"), ("finetuned", "-")):
+        for direction, colour in (("t2i", "tab:blue"), ("i2t", "tab:orange")):
+            rows = metrics[key][direction]
+            dims = [int(d) for d in rows]
+            ax.plot(dims, [rows[d]["recall@1"] for d in rows], style, marker="o", color=colour,
+                    label=f"{'fine-tuned' if key == 'finetuned' else 'base'} {direction}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(dims, [str(d) for d in dims])
+    ax.set(xlabel="embedding dim (Matryoshka prefix)", ylabel="Recall@1", ylim=(0, 1.02),
+           title=f"{metrics['recipe']}: Recall@1 vs dim")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_retrievals(samples: list, predictions: list[dict], path: Path, num: int = 4, top: int = 4) -> None:
+    """A few queries and their top `top` image targets; the right one framed green, others red."""
+    from .plots import plt
+
+    by_key = {s.target.key: s.target for s in samples}
+    rows = [p for p in predictions[:num]]
+    fig, axes = plt.subplots(len(rows), top, figsize=(2.4 * top, 1.9 * len(rows)), squeeze=False)
+    for r, pred in enumerate(rows):
+        for c, key in enumerate(pred["top10"][:top]):
+            ax = axes[r][c]
+            target = by_key[key]
+            if target.image is not None:
+                ax.imshow(target.image)
+            else:
+                ax.text(0.5, 0.5, target.text[:40], ha="center", va="center", fontsize=6, wrap=True)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("tab:green" if key == pred["target"] else "tab:red")
+                spine.set_linewidth(3)
+        axes[r][0].set_title(pred["query"][:70], fontsize=7, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
