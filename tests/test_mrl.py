@@ -232,7 +232,9 @@ def test_grad_cache_matches_plain_backward(tiny):
     assert cached.item() == pytest.approx(plain.item(), rel=1e-5)
     assert plain_grads.keys() == cached_grads.keys() and len(plain_grads) > 50
     for name, grad in plain_grads.items():
-        assert torch.allclose(cached_grads[name], grad, rtol=1e-3, atol=1e-6), name
+        # float32 sums in a different order: compare against each tensor's own scale
+        error = (cached_grads[name] - grad).abs().max()
+        assert error <= 1e-4 * grad.abs().max() + 1e-8, (name, error.item())
 
 
 def test_grad_cache_replays_dropout_masks(random_tiny_dirs, tiny, monkeypatch):
