@@ -126,9 +126,9 @@ if HAVE_MDLM:
     rows = []
     for steps in (canvas, canvas // 4, canvas // 16):
         start = time.time()
-        texts = diffusion_generate(model, merged_processor, chats, canvas, steps, canvas, options.remasking,
+        texts, scores = diffusion_generate(model, merged_processor, chats, canvas, steps, canvas, options.remasking,
                                    options.temperature, shift_logits=options.shift_logits)
-        metrics = score_answers(test, texts, family, merged_processor)["metrics"]
+        metrics = score_answers(test, texts, scores, family, merged_processor)["metrics"]
         rows.append({"steps": steps, "tokens per step": canvas // steps, "seconds": round(time.time() - start, 2),
                      "mean IoU": metrics["mean_iou"], "detection rate": metrics["detection_rate"],
                      "first answer": texts[0]})

@@ -27,7 +27,7 @@ class ModelConfig:
     checkpoint directory that has a processor."""
     family: str = "qwen3_vl"
     """Grounding convention and tiny base to use; a hub/local model's own config overrides it.
-    The default is Qwen3-VL because its tiny base learns grounding on a CPU budget (DECISIONS D11)."""
+    The default is Qwen3-VL: its vision tower carries absolute positions (DECISIONS D11, D14)."""
     min_pixels: int | None = None
     """Pixel budget of the image processor (smart_resize); None = the checkpoint's own setting
     (the tiny base: at most 160x160 px). The resolved values are saved in the run's config.yaml
