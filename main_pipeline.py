@@ -30,7 +30,6 @@
 # directory or a hub id).
 
 # %%
-import importlib.util
 import json
 import os
 import sys
@@ -47,15 +46,14 @@ from vlm_recipes.cli.train import prepare_output_dir
 from vlm_recipes.config import QuantizationConfig, available_recipes, load_recipe
 from vlm_recipes.data.chat import IGNORE_INDEX, encode_for_training, prompt_text
 from vlm_recipes.data.detection import load_detection_splits
-from vlm_recipes.errors import InputError
 from vlm_recipes.evaluation.detection import box_iou, detection_metrics
 from vlm_recipes.evaluation.generation import predict_boxes
 from vlm_recipes.evaluation.leaderboard import leaderboard_for, plot_leaderboard, to_markdown
 from vlm_recipes.evaluation.plots import plot_box_grid
 from vlm_recipes.evaluation.report import detection_table
 from vlm_recipes.models.export import merge_adapter
-from vlm_recipes.models.loading import (apply_stage, load_model, load_processor, model_family, resolve_model_path,
-                                        trainable_report)
+from vlm_recipes.models.loading import (load_model, load_processor, model_family, resolve_model_path,
+                                        stage_reports)
 from vlm_recipes.models.tiny import build_tiny
 from vlm_recipes.objectives.sft import answer_for
 from vlm_recipes.training.run import run_recipe
@@ -124,20 +122,14 @@ plt.show()
 # %% [markdown]
 # ## 3. The model under each recipe
 # Parameters fall in three parts: the vision tower, the merger (vision → LLM bridge) and the LLM.
-# `apply_stage` freezes parts and adds LoRA as a stage says; `trainable_report` counts what then
-# trains and what is stored in 4-bit.
+# `stage_reports` applies each stage to the base (`apply_stage`: freeze parts, add LoRA) and counts
+# (`trainable_report`) what then trains and what is stored in 4-bit.
 
 # %%
 rows = []
 for name in available_recipes():
-    try:
-        cfg = load_recipe(name, BASE)
-    except InputError as err:  # an objective this version does not have
-        print(f"{name}: skipped ({err})")
-        continue
-    for stage in cfg.stages:
-        model = apply_stage(load_model(base_path, cfg.model, stage.quantization, "cpu"), stage)
-        report = trainable_report(model)
+    cfg = load_recipe(name, BASE)
+    for stage, report in stage_reports(cfg, base_path):
         rows.append({"recipe": name, "stage": stage.name, "objective": cfg.objective.name,
                      **{f"trainable {p}": report.trainable[p] for p in report.total},
                      **{f"4-bit {p}": report.quantized[p] for p in report.total},
@@ -206,21 +198,17 @@ print(detection_table([(name, detection_metrics(bs, [s.box for s in test])) for 
 # how much a prefix keeps.
 
 # %%
-mrl_dir = None
-if importlib.util.find_spec("vlm_recipes.objectives.mrl") is None:
-    print("the mrl objective is not in this version: skipping the retrieval step")
-else:
-    from vlm_recipes.evaluation.retrieval import plot_recall_vs_dim
+from vlm_recipes.evaluation.retrieval import plot_recall_vs_dim
 
-    mrl_recipe = load_recipe("mrl", BASE + ["train.max_steps=15", "data.num_train=240", "data.num_test=64",
-                                            "train.per_device_train_batch_size=16"])
-    mrl_dir = prepare_output_dir(RUNS / "mrl", mrl_recipe.name, overwrite=True)
-    mrl_metrics = run_recipe(mrl_recipe, mrl_dir, device="cpu")
-    recall = {f"{model} {direction}": {int(d): v["recall@1"] for d, v in mrl_metrics[model][direction].items()}
-              for model in ("base", "finetuned") for direction in ("t2i", "i2t")}
-    display(pd.DataFrame(recall).rename_axis("dim"))
-    plot_recall_vs_dim(mrl_metrics, RUNS / "recall_vs_dim.png")
-    display(Image(RUNS / "recall_vs_dim.png"))
+mrl_recipe = load_recipe("mrl", BASE + ["train.max_steps=15", "data.num_train=240", "data.num_test=64",
+                                        "train.per_device_train_batch_size=16"])
+mrl_dir = prepare_output_dir(RUNS / "mrl", mrl_recipe.name, overwrite=True)
+mrl_metrics = run_recipe(mrl_recipe, mrl_dir, device="cpu")
+recall = {f"{model} {direction}": {int(d): v["recall@1"] for d, v in mrl_metrics[model][direction].items()}
+          for model in ("base", "finetuned") for direction in ("t2i", "i2t")}
+display(pd.DataFrame(recall).rename_axis("dim"))
+plot_recall_vs_dim(mrl_metrics, RUNS / "recall_vs_dim.png")
+display(Image(RUNS / "recall_vs_dim.png"))
 
 # %% [markdown]
 # ## 8. Comparing runs
@@ -228,7 +216,7 @@ else:
 # leaderboard from the runs' `metrics.json`; retrieval runs get their own table.
 
 # %%
-board = leaderboard_for([r4_dir] + ([mrl_dir] if mrl_dir else []))
+board = leaderboard_for([r4_dir, mrl_dir])
 display(Markdown(to_markdown(board)))
 plot_leaderboard(board, RUNS / "leaderboard.png")
 display(Image(RUNS / "leaderboard.png"))

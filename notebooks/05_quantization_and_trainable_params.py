@@ -34,12 +34,11 @@ import pandas as pd
 
 from vlm_recipes.config import QuantizationConfig, available_recipes, load_recipe
 from vlm_recipes.data.detection import load_detection_splits
-from vlm_recipes.errors import InputError
 from vlm_recipes.evaluation.detection import detection_metrics
 from vlm_recipes.evaluation.generation import predict_boxes
 from vlm_recipes.models.export import probe_inputs, probe_logits
-from vlm_recipes.models.loading import (apply_stage, load_model, load_processor, model_family, pick_dtype,
-                                        resolve_model_path, trainable_report)
+from vlm_recipes.models.loading import (load_model, load_processor, model_family, pick_dtype, resolve_model_path,
+                                        stage_reports)
 
 BASE = [f"model.name_or_path={os.environ.get('VLM_RECIPES_MODEL', 'tiny')}",
         f"model.family={os.environ.get('VLM_RECIPES_FAMILY', 'qwen3_vl')}"]
@@ -56,13 +55,7 @@ family = model_family(path, cfg)
 # %%
 rows = []
 for name in available_recipes():
-    try:
-        recipe = load_recipe(name, BASE)
-    except InputError as err:  # an objective this version does not have
-        print(f"{name}: skipped ({err})")
-        continue
-    for stage in recipe.stages:
-        report = trainable_report(apply_stage(load_model(path, recipe.model, stage.quantization, "cpu"), stage))
+    for stage, report in stage_reports(load_recipe(name, BASE), path):
         for part in report.total:
             rows.append({"recipe": name, "stage": stage.name, "part": part, "total": report.total[part],
                          "trainable": report.trainable[part], "4-bit": report.quantized[part],

@@ -22,7 +22,6 @@
 # and a blue star on the right", with hard negatives that change exactly one attribute.
 
 # %%
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -41,9 +40,6 @@ from vlm_recipes.training.run import run_recipe
 
 # %matplotlib inline
 
-HAVE_MRL = importlib.util.find_spec("vlm_recipes.objectives.mrl") is not None
-if not HAVE_MRL:
-    print("the mrl objective is not in this version: the cells below print a note and skip")
 BASE = [f"model.name_or_path={os.environ.get('VLM_RECIPES_MODEL', 'tiny')}",
         f"model.family={os.environ.get('VLM_RECIPES_FAMILY', 'qwen3_vl')}"]
 OUT = ROOT / "runs" / "notebooks" / "06_matryoshka_retrieval"
@@ -52,20 +48,19 @@ OUT = ROOT / "runs" / "notebooks" / "06_matryoshka_retrieval"
 # ## The data: captions, targets, hard negatives
 
 # %%
-if HAVE_MRL:
-    from vlm_recipes.data.retrieval import load_retrieval_splits
+from vlm_recipes.data.retrieval import load_retrieval_splits
 
-    data = load_retrieval_splits("synthetic", num_train=8, num_test=32, seed=0, num_hard_negatives=2)
-    samples = [data["train"][i] for i in range(3)]
-    fig, axes = plt.subplots(3, 3, figsize=(8, 5))
-    for index, (row, sample) in enumerate(zip(axes, samples), 1):
-        print(f"{index}: {sample.query}")
-        for ax, (title, target) in zip(row, [("target", sample.target)] + [("hard negative", n) for n in sample.hard_negatives]):
-            ax.imshow(target.image)
-            ax.set_title(f"{index}: {title}", fontsize=8)
-            ax.axis("off")
-    plt.tight_layout()
-    plt.show()
+data = load_retrieval_splits("synthetic", num_train=8, num_test=32, seed=0, num_hard_negatives=2)
+samples = [data["train"][i] for i in range(3)]
+fig, axes = plt.subplots(3, 3, figsize=(8, 5))
+for index, (row, sample) in enumerate(zip(axes, samples), 1):
+    print(f"{index}: {sample.query}")
+    for ax, (title, target) in zip(row, [("target", sample.target)] + [("hard negative", n) for n in sample.hard_negatives]):
+        ax.imshow(target.image)
+        ax.set_title(f"{index}: {title}", fontsize=8)
+        ax.axis("off")
+plt.tight_layout()
+plt.show()
 
 # %% [markdown]
 # ## Embedding with the base model
@@ -73,28 +68,27 @@ if HAVE_MRL:
 # Matryoshka prefix is the first `dim` coordinates re-normalised (`truncate`).
 
 # %%
-if HAVE_MRL:
-    from vlm_recipes.config import QuantizationConfig
-    from vlm_recipes.evaluation.retrieval import metrics_by_dim
-    from vlm_recipes.models.embedding import default_dims, encode_images, encode_texts, hidden_size, truncate
-    from vlm_recipes.models.loading import load_model, load_processor, resolve_model_path
+from vlm_recipes.config import QuantizationConfig
+from vlm_recipes.evaluation.retrieval import metrics_by_dim
+from vlm_recipes.models.embedding import default_dims, encode_images, encode_texts, hidden_size, truncate
+from vlm_recipes.models.loading import load_model, load_processor, resolve_model_path
 
-    recipe = load_recipe("mrl", BASE)
-    path = resolve_model_path(recipe.model)
-    processor = load_processor(path, recipe.model)
-    base = load_model(path, recipe.model, QuantizationConfig(), "cpu")
-    test = data["test"]
-    queries = encode_texts(base, processor, [s.query for s in test])  # (32, hidden)
-    gallery = encode_images(base, processor, [s.target.image for s in test])  # (32, hidden)
-    dims = default_dims(hidden_size(base))
-    print(f"embeddings {tuple(queries.shape)}, dims {dims}; norms of a 16-dim prefix before/after "
-          f"re-normalising: {queries[0, :16].norm():.3f} / {truncate(queries, 16)[0].norm():.3f}")
-    by_dim = metrics_by_dim(queries, gallery, torch.eye(len(test), dtype=torch.bool), dims)
-    display(pd.DataFrame({d: m["recall@1"] for d, m in by_dim["t2i"].items()}, index=["base t2i Recall@1"]))
-    plt.imshow(queries @ gallery.T, cmap="viridis")
-    plt.title("base: query x image cosine (diagonal = the right pairs)", fontsize=9)
-    plt.colorbar()
-    plt.show()
+recipe = load_recipe("mrl", BASE)
+path = resolve_model_path(recipe.model)
+processor = load_processor(path, recipe.model)
+base = load_model(path, recipe.model, QuantizationConfig(), "cpu")
+test = data["test"]
+queries = encode_texts(base, processor, [s.query for s in test])  # (32, hidden)
+gallery = encode_images(base, processor, [s.target.image for s in test])  # (32, hidden)
+dims = default_dims(hidden_size(base))
+print(f"embeddings {tuple(queries.shape)}, dims {dims}; norms of a 16-dim prefix before/after "
+      f"re-normalising: {queries[0, :16].norm():.3f} / {truncate(queries, 16)[0].norm():.3f}")
+by_dim = metrics_by_dim(queries, gallery, torch.eye(len(test), dtype=torch.bool), dims)
+display(pd.DataFrame({d: m["recall@1"] for d, m in by_dim["t2i"].items()}, index=["base t2i Recall@1"]))
+plt.imshow(queries @ gallery.T, cmap="viridis")
+plt.title("base: query x image cosine (diagonal = the right pairs)", fontsize=9)
+plt.colorbar()
+plt.show()
 
 # %% [markdown]
 # ## A short `mrl` run
@@ -102,11 +96,10 @@ if HAVE_MRL:
 # per dim on the test gallery, base vs fine-tuned. The full recipe trains 300 steps of 32.
 
 # %%
-if HAVE_MRL:
-    recipe = load_recipe("mrl", BASE + ["train.max_steps=20", "data.num_train=320", "data.num_test=64",
-                                        "train.per_device_train_batch_size=16"])
-    run_dir = prepare_output_dir(OUT / "mrl", recipe.name, overwrite=True)
-    metrics = run_recipe(recipe, run_dir, device="cpu")
-    display(Markdown((run_dir / "results.md").read_text().split("\n\n![")[0]))
-    display(Image(run_dir / "recall_vs_dim.png"))
-    display(Image(run_dir / "retrievals.png"))
+recipe = load_recipe("mrl", BASE + ["train.max_steps=20", "data.num_train=320", "data.num_test=64",
+                                    "train.per_device_train_batch_size=16"])
+run_dir = prepare_output_dir(OUT / "mrl", recipe.name, overwrite=True)
+metrics = run_recipe(recipe, run_dir, device="cpu")
+display(Markdown((run_dir / "results.md").read_text().split("\n\n![")[0]))
+display(Image(run_dir / "recall_vs_dim.png"))
+display(Image(run_dir / "retrievals.png"))

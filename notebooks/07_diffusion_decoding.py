@@ -21,7 +21,6 @@
 # decoding starts from a canvas of `<|mask|>` tokens and commits a few predictions per step.
 
 # %%
-import importlib.util
 import os
 import sys
 import time
@@ -35,15 +34,12 @@ import torch
 from IPython.display import Markdown, display
 
 from vlm_recipes.cli.train import prepare_output_dir
-from vlm_recipes.config import QuantizationConfig, load_recipe
+from vlm_recipes.config import load_recipe
 from vlm_recipes.data.detection import load_detection_splits
-from vlm_recipes.models.loading import load_model, load_processor, model_family, resolve_model_path
+from vlm_recipes.models.loading import load_processor, model_family, resolve_model_path
 from vlm_recipes.objectives.sft import answer_for
 from vlm_recipes.training.run import run_recipe
 
-HAVE_MDLM = importlib.util.find_spec("vlm_recipes.objectives.mdlm") is not None
-if not HAVE_MDLM:
-    print("the mdlm objective is not in this version: the cells below print a note and skip")
 BASE = [f"model.name_or_path={os.environ.get('VLM_RECIPES_MODEL', 'tiny')}",
         f"model.family={os.environ.get('VLM_RECIPES_FAMILY', 'qwen3_vl')}"]
 OUT = ROOT / "runs" / "notebooks" / "07_diffusion_decoding"
@@ -65,15 +61,14 @@ def show(ids) -> str:
 # ## The forward process: masking with probability t
 
 # %%
-if HAVE_MDLM:
-    from vlm_recipes.objectives.mdlm import mask_tokens
+from vlm_recipes.objectives.mdlm import mask_tokens
 
-    ids = torch.tensor([tokenizer(answer, add_special_tokens=False)["input_ids"]])  # (1, L)
-    mask_id = tokenizer.convert_tokens_to_ids("<|mask|>")
-    generator = torch.Generator().manual_seed(0)
-    for t in (0.1, 0.5, 0.9):
-        noisy, masked = mask_tokens(ids, torch.ones_like(ids, dtype=torch.bool), torch.tensor([t]), mask_id, generator)
-        print(f"t={t}: {masked.float().mean():.2f} masked  {show(noisy[0].tolist())}")
+ids = torch.tensor([tokenizer(answer, add_special_tokens=False)["input_ids"]])  # (1, L)
+mask_id = tokenizer.convert_tokens_to_ids("<|mask|>")
+generator = torch.Generator().manual_seed(0)
+for t in (0.1, 0.5, 0.9):
+    noisy, masked = mask_tokens(ids, torch.ones_like(ids, dtype=torch.bool), torch.tensor([t]), mask_id, generator)
+    print(f"t={t}: {masked.float().mean():.2f} masked  {show(noisy[0].tolist())}")
 
 # %% [markdown]
 # ## The reverse process, step by step
@@ -82,23 +77,22 @@ if HAVE_MDLM:
 # `random` commits random positions, and block-wise decoding finishes each block before the next.
 
 # %%
-if HAVE_MDLM:
-    from vlm_recipes.evaluation.diffusion_decoding import unmask
+from vlm_recipes.evaluation.diffusion_decoding import unmask
 
-    # the answer filled with <|im_end|> to a multiple of 8 tokens, as the recipe's canvas is filled
-    target = torch.cat([ids[0], torch.full((-len(ids[0]) % 8,), tokenizer.eos_token_id)])
-    confidence = torch.rand(len(target), generator=torch.Generator().manual_seed(1)) * 5  # (L,)
+# the answer filled with <|im_end|> to a multiple of 8 tokens, as the recipe's canvas is filled
+target = torch.cat([ids[0], torch.full((-len(ids[0]) % 8,), tokenizer.eos_token_id)])
+confidence = torch.rand(len(target), generator=torch.Generator().manual_seed(1)) * 5  # (L,)
 
-    def predict(canvas):  # (1, L) -> logits (1, L, vocab): the true token, with its confidence
-        logits = torch.zeros(1, len(target), len(tokenizer))
-        logits[0, torch.arange(len(target)), target] = confidence
-        return logits
+def predict(canvas):  # (1, L) -> logits (1, L, vocab): the true token, with its confidence
+    logits = torch.zeros(1, len(target), len(tokenizer))
+    logits[0, torch.arange(len(target)), target] = confidence
+    return logits
 
-    steps = 8
-    for remasking, block in (("low_confidence", len(target)), ("random", len(target)), ("low_confidence", len(target) // 2)):
-        print(f"--- remasking={remasking}, block_length={block}")
-        unmask(predict, torch.full((1, len(target)), mask_id), mask_id, steps, block, remasking,
-               generator=torch.Generator().manual_seed(0), on_step=lambda c: print(show(c[0].tolist())))
+steps = 8
+for remasking, block in (("low_confidence", len(target)), ("random", len(target)), ("low_confidence", len(target) // 2)):
+    print(f"--- remasking={remasking}, block_length={block}")
+    unmask(predict, torch.full((1, len(target)), mask_id), mask_id, steps, block, remasking,
+           generator=torch.Generator().manual_seed(0), on_step=lambda c: print(show(c[0].tolist())))
 
 # %% [markdown]
 # ## A short diffusion run, then decoding budgets
@@ -106,30 +100,28 @@ if HAVE_MDLM:
 # steps than canvas tokens: fewer model calls, more tokens committed per call.
 
 # %%
-if HAVE_MDLM:
-    from vlm_recipes.models.export import load_merged
-    from vlm_recipes.evaluation.diffusion_decoding import diffusion_generate
-    from vlm_recipes.objectives.mdlm import OBJECTIVE, as_chat, score_answers
+from vlm_recipes.models.export import load_merged
+from vlm_recipes.evaluation.diffusion_decoding import diffusion_generate
+from vlm_recipes.objectives.mdlm import OBJECTIVE, as_chat, score_answers
 
-    diffusion = load_recipe("diffusion", BASE + ["train.max_steps=30", "data.num_train=240", "data.num_test=8"])
-    run_dir = prepare_output_dir(OUT / "diffusion", diffusion.name, overwrite=True)
-    run_recipe(diffusion, run_dir, device="cpu")
-    display(Markdown((run_dir / "results.md").read_text().split("\n\n![")[0]))
+diffusion = load_recipe("diffusion", BASE + ["train.max_steps=30", "data.num_train=240", "data.num_test=8"])
+run_dir = prepare_output_dir(OUT / "diffusion", diffusion.name, overwrite=True)
+run_recipe(diffusion, run_dir, device="cpu")
+display(Markdown((run_dir / "results.md").read_text().split("\n\n![")[0]))
 
 # %%
-if HAVE_MDLM:
-    model, merged_processor, _ = load_merged(run_dir)
-    test = load_detection_splits("synthetic", num_train=1, num_test=8, seed=diffusion.seed)["test"]
-    chats = [as_chat(s, family, diffusion, merged_processor) for s in test]
-    options = OBJECTIVE.options(diffusion)  # the recipe's canvas, remasking and logit alignment
-    canvas = options.canvas_length
-    rows = []
-    for steps in (canvas, canvas // 4, canvas // 16):
-        start = time.time()
-        texts, scores = diffusion_generate(model, merged_processor, chats, canvas, steps, canvas, options.remasking,
-                                   options.temperature, shift_logits=options.shift_logits)
-        metrics = score_answers(test, texts, scores, family, merged_processor)["metrics"]
-        rows.append({"steps": steps, "tokens per step": canvas // steps, "seconds": round(time.time() - start, 2),
-                     "mean IoU": metrics["mean_iou"], "detection rate": metrics["detection_rate"],
-                     "first answer": texts[0]})
-    display(pd.DataFrame(rows))
+model, merged_processor, _ = load_merged(run_dir)
+test = load_detection_splits("synthetic", num_train=1, num_test=8, seed=diffusion.seed)["test"]
+chats = [as_chat(s, family, diffusion, merged_processor) for s in test]
+options = OBJECTIVE.options(diffusion)  # the recipe's canvas, remasking and logit alignment
+canvas = options.canvas_length
+rows = []
+for steps in (canvas, canvas // 4, canvas // 16):
+    start = time.time()
+    texts, scores = diffusion_generate(model, merged_processor, chats, canvas, steps, canvas, options.remasking,
+                                       options.temperature, shift_logits=options.shift_logits)
+    metrics = score_answers(test, texts, scores, family, merged_processor)["metrics"]
+    rows.append({"steps": steps, "tokens per step": canvas // steps, "seconds": round(time.time() - start, 2),
+                 "mean IoU": metrics["mean_iou"], "detection rate": metrics["detection_rate"],
+                 "first answer": texts[0]})
+display(pd.DataFrame(rows))

@@ -8,7 +8,7 @@ from vlm_recipes.config import load_recipe
 from vlm_recipes.data.chat import IGNORE_INDEX, encode_for_training
 from vlm_recipes.families import get_family
 from vlm_recipes.models.loading import (apply_stage, load_model, load_processor, model_family, part_of,
-                                        trainable_report)
+                                        stage_reports, trainable_report)
 
 ANSWERS = ["<|object_ref_start|>nutrition table<|object_ref_end|><|box_start|>(1,2),(300,400)<|box_end|>",
            "[{\"bbox_2d\": [5, 6, 70, 80], \"label\": \"nutrition table\"}]"]
@@ -96,3 +96,12 @@ def test_family_is_read_from_the_checkpoint(random_tiny_dirs):
     recipe = load_recipe("r4-joint")
     for name, path in random_tiny_dirs.items():
         assert model_family(str(path), recipe.model) == get_family(name)
+
+
+def test_stage_reports_give_each_stage_its_own_trainable_set(random_tiny_dirs):
+    recipe = load_recipe("r3-two-stage")
+    reports = stage_reports(recipe, str(random_tiny_dirs["qwen3_vl"]))
+    assert [stage.name for stage, _ in reports] == ["vision-full", "llm-lora"]
+    (_, vision), (_, llm) = reports
+    assert vision.trainable["vision"] == vision.total["vision"] and vision.trainable["llm"] == 0
+    assert llm.trainable["vision"] == 0 and 0 < llm.trainable["llm"] < llm.total["llm"] and llm.lora_modules

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import LoraConfig, ModelConfig, QuantizationConfig, StageConfig
+from ..config import LoraConfig, ModelConfig, QuantizationConfig, RecipeConfig, StageConfig
 from ..errors import InputError
 from ..families import FAMILIES, Family, get_family
 
@@ -195,6 +195,13 @@ def trainable_report(model) -> TrainableReport:
         trainable[part] += count if param.requires_grad else 0
         quantized[part] += count if type(param).__name__ == "Params4bit" else 0
     return TrainableReport(trainable, total, quantized, lora_modules)
+
+
+def stage_reports(recipe: RecipeConfig, path: str, device: str = "cpu") -> list[tuple[StageConfig, TrainableReport]]:
+    """What each stage of `recipe` trains and stores in 4-bit when applied to the model at `path`
+    (loaded as the stage says; nothing is trained). For inspection: notebooks, dry runs."""
+    return [(stage, trainable_report(apply_stage(load_model(path, recipe.model, stage.quantization, device), stage)))
+            for stage in recipe.stages]
 
 
 def _num_params(param) -> int:
