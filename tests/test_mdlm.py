@@ -245,7 +245,7 @@ def test_gradient_checkpointing_recomputes_bidirectionally(random_tiny_dirs):
     def grads(checkpointing: bool) -> torch.Tensor:
         model.zero_grad()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         OBJECTIVE.compute_loss(model, batch).backward()
         return model.model.language_model.layers[0].self_attn.q_proj.weight.grad.clone()
 

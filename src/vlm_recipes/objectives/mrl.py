@@ -271,7 +271,7 @@ class DropParameter(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         value = getattr(self.model, self.name)
-        state.log_history.append({"learned_temperature": math.exp(-float(value)), "step": state.global_step})
+        state.log_history.append({"learned_temperature": math.exp(-value.detach().item()), "step": state.global_step})
         delattr(self.model, self.name)
 
 

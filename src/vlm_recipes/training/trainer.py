@@ -70,7 +70,7 @@ def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bo
         weight_decay=train.weight_decay,
         lr_scheduler_type=train.lr_scheduler_type,
         max_grad_norm=train.max_grad_norm,
-        gradient_checkpointing=train.gradient_checkpointing,
+        activation_checkpointing=train.gradient_checkpointing,  # transformers 5 name for it
         logging_steps=train.logging_steps,
         logging_nan_inf_filter=False,  # the guard must see NaN, not a filtered value
         save_strategy="no",  # the run saves its final model itself; enable via train.extra
