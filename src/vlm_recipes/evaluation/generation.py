@@ -12,30 +12,38 @@ from ..data.chat import encode_for_generation, resized_image_size
 def generate_texts(model, processor, images, prompts, max_new_tokens: int) -> list[str]:
     """Answer text per image: special tokens kept (Qwen2-VL boxes are written with them),
     cut at the first <|im_end|>."""
-    return generate_texts_with_confidence(model, processor, images, prompts, max_new_tokens)[0]
+    return _generate(model, processor, images, prompts, max_new_tokens, output_scores=False)[0]
 
 
-@torch.no_grad()
 def generate_texts_with_confidence(model, processor, images, prompts,
                                    max_new_tokens: int) -> tuple[list[str], list[float]]:
     """As `generate_texts`, plus each answer's confidence: the mean probability of its generated
     tokens (used to rank detections for AP)."""
+    texts, new_tokens, scores = _generate(model, processor, images, prompts, max_new_tokens, output_scores=True)
+    # one step at a time: a (batch, new, vocab) stack is hundreds of MB for a 150k vocabulary
+    token_log_probs = torch.stack([step.float().log_softmax(-1).gather(-1, new_tokens[:, i, None]).squeeze(-1)
+                                   for i, step in enumerate(scores)], dim=1)  # (batch, new)
+    keep = new_tokens != processor.tokenizer.pad_token_id  # rows that stopped early are padded
+    confidences = ((token_log_probs * keep).sum(1) / keep.sum(1).clamp(min=1)).exp().tolist()
+    return texts, confidences
+
+
+@torch.no_grad()
+def _generate(model, processor, images, prompts, max_new_tokens: int, output_scores: bool):
+    """Greedy answers: (texts, new token ids (batch, new), per-step logits or None). Scores are
+    only kept when asked for: they cost a vocabulary-sized tensor per generated token."""
     batch = encode_for_generation(processor, images, prompts).to(model.device)
     was_training = model.training
     model.eval()
     tokenizer = processor.tokenizer
     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         output_scores=True, return_dict_in_generate=True)
+                         output_scores=output_scores, return_dict_in_generate=True)
     model.train(was_training)
     new_tokens = out.sequences[:, batch["input_ids"].shape[1]:]  # (batch, new)
     texts = [t.split(tokenizer.eos_token)[0].replace(tokenizer.pad_token, "")
              for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=False)]
-    log_probs = torch.stack([s.float().log_softmax(-1) for s in out.scores], dim=1)  # (batch, new, vocab)
-    token_log_probs = log_probs.gather(-1, new_tokens[..., None]).squeeze(-1)  # (batch, new)
-    keep = new_tokens != tokenizer.pad_token_id  # rows that stopped early are padded
-    confidences = ((token_log_probs * keep).sum(1) / keep.sum(1).clamp(min=1)).exp().tolist()
-    return texts, confidences
+    return texts, new_tokens, out.scores
 
 
 def predict_boxes(model, processor, family, samples, prompt: str, batch_size: int, max_new_tokens: int,
