@@ -35,7 +35,7 @@ from matplotlib.patches import Rectangle
 from vlm_recipes.boxes import parse_answer
 from vlm_recipes.config import ModelConfig, QuantizationConfig
 from vlm_recipes.data.chat import resized_image_size
-from vlm_recipes.data.synthetic import render_nutrition_example, render_shapes_example
+from vlm_recipes.data.synthetic import render_nutrition_example, render_object_example
 from vlm_recipes.evaluation.generation import generate_texts
 from vlm_recipes.families import FAMILIES
 from vlm_recipes.models.loading import load_model, load_processor, model_family, resolve_model_path, trainable_report
@@ -92,14 +92,13 @@ pd.DataFrame([{"family": f.name, "patch": f.patch_size, "merge": f.merge_size,
 
 # %% [markdown]
 # ## What the pretrained base answers
-# It was pretrained to ground generic shapes ("Locate the red circle."), never nutrition
-# tables: it should find a named shape, and guess for the nutrition table. Green: the truth, red:
-# its answer.
+# It was pretrained to ground one generic object ("Locate the star.": shapes, framed boxes,
+# text blocks, barcodes), never nutrition tables: it should find the named object, and for the
+# nutrition table point at whatever stands out most. Green: the truth, red: its answer.
 
 # %%
-shapes, objects = render_shapes_example(random.Random(3))
-label, shape_box = objects[0]
-cases = [(shapes, f"Locate the {label} in the image.", shape_box), (image, "Locate the nutrition table in the image.", box)]
+scene, kind, object_box = render_object_example(random.Random(3))
+cases = [(scene, f"Locate the {kind} in the image.", object_box), (image, "Locate the nutrition table in the image.", box)]
 answers = generate_texts(model, processor, [c[0] for c in cases], [c[1] for c in cases], max_new_tokens=64)
 fig, axes = plt.subplots(1, 2, figsize=(8, 4))
 for ax, (img, prompt, truth), answer in zip(axes, cases, answers):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build and pretrain the tiny base model(s) that ship in src/vlm_recipes/assets/.
 
-    python scripts/build_base_model.py --family qwen2-vl      # ~10 min on 2 CPU cores
+    python scripts/build_base_model.py --family qwen2-vl      # ~12 min on 2 CPU cores
     python scripts/build_base_model.py --family all
 
 Deterministic for a given seed and library versions. The result is a normal checkpoint
@@ -25,9 +25,11 @@ from vlm_recipes.models.pretrain import pretrain_base  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", default="qwen2-vl", help="qwen2-vl | qwen2.5-vl | qwen3-vl | all")
-    p.add_argument("--samples", type=int, default=24000, help="generated pretraining samples (one epoch)")
+    p.add_argument("--samples", type=int, default=32000, help="generated pretraining samples (one epoch)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--aux-weight", type=float, default=1.0,
+                   help="weight of the dense grounding loss on the vision tokens (0: answer tokens only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-steps", type=int, default=0, help="keep a checkpoint every N steps (for inspection)")
     p.add_argument("--out", type=Path, help="output directory (default: the shipped asset path)")
@@ -37,11 +39,11 @@ def main(argv=None) -> int:
         out = args.out or tiny_base_path(family)
         start = time.time()
         log = pretrain_base(family, out, args.samples, args.epochs, args.lr, seed=args.seed,
-                            save_steps=args.save_steps)
+                            save_steps=args.save_steps, aux_weight=args.aux_weight)
         shutil.rmtree(out / "_trainer", ignore_errors=True)
         losses = [e["loss"] for e in log if "loss" in e]
         info = {"family": family.name, "samples": args.samples, "epochs": args.epochs, "lr": args.lr,
-                "seed": args.seed, "seconds": round(time.time() - start), "first_loss": losses[0],
+                "aux_weight": args.aux_weight, "seed": args.seed, "seconds": round(time.time() - start), "first_loss": losses[0],
                 "final_loss": losses[-1]}
         (out / "pretraining.json").write_text(json.dumps(info, indent=2) + "\n")
         print(json.dumps(info))

@@ -9,8 +9,7 @@ from datasets import Features, List, Value
 from datasets import Image as ImageFeature
 
 from vlm_recipes.data.detection import load_detection_splits
-from vlm_recipes.data.synthetic import (make_nutrition_dataset, render_nutrition_example,
-                                        render_shapes_example)
+from vlm_recipes.data.synthetic import make_nutrition_dataset, render_nutrition_example
 from vlm_recipes.errors import InputError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "off_mini"
@@ -61,29 +60,6 @@ def test_nutrition_box_is_inside_and_outlined_by_the_dark_border():
         edges = np.concatenate([a[y1, x1:x2], a[y2 - 1, x1:x2], a[y1:y2, x1], a[y1:y2, x2 - 1]])
         assert (edges == edges[0]).all(), f"seed {seed}: border is not one colour"
         assert edges[0].max() <= 60, f"seed {seed}: border is not dark"
-
-
-def test_shapes_example_deterministic_unambiguous_and_generic():
-    a_img, a_objs = render_shapes_example(random.Random(3))
-    b_img, b_objs = render_shapes_example(random.Random(3))
-    assert a_objs == b_objs and np.array_equal(np.asarray(a_img), np.asarray(b_img))
-    for seed in range(60):
-        img, objs = render_shapes_example(random.Random(seed))
-        assert 1 <= len(objs) <= 4
-        labels = [label for label, _ in objs]
-        assert len(set(labels)) == len(labels)
-        for label, (x1, y1, x2, y2) in objs:
-            assert "nutrition" not in label and "table" not in label
-            assert 0 <= x1 < x2 <= img.width and 0 <= y1 < y2 <= img.height
-        for i, (_, p) in enumerate(objs):
-            for _, q in objs[i + 1:]:
-                assert _iou(p, q) < 0.2
-
-
-def _iou(a, b) -> float:
-    iw, ih = max(0, min(a[2], b[2]) - max(a[0], b[0])), max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def test_nutrition_dataset_has_the_openfoodfacts_schema():

@@ -177,7 +177,30 @@ def build_tiny(family: Family, min_pixels: int, max_pixels: int, seed: int = 0
     tokenizer = build_tokenizer(family)
     processor = build_processor(family, tokenizer, min_pixels, max_pixels)
     model = AutoModelForImageTextToText.from_config(tiny_config(family, tokenizer))
+    visual = model.model.visual
+    if hasattr(visual, "pos_embed"):  # Qwen3-VL's learned absolute position table
+        with torch.no_grad():
+            visual.pos_embed.weight.copy_(sincos_position_table(visual.num_grid_per_side, visual.pos_embed.embedding_dim))
     return model, processor
+
+
+def sincos_position_table(grid_side: int, dim: int):
+    """(grid_side**2, dim) 2-D sine-cosine position embeddings (half the channels for the row,
+    half for the column), as ViT/MAE initialise theirs. Why not random: Qwen3-VL interpolates this
+    table bilinearly to each image's grid, so a smooth table gives every token its position
+    relative to the image from step 0, which box answers on a 0-1000 grid need."""
+    import torch
+
+    quarter = dim // 4
+    frequencies = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    rows, cols = torch.meshgrid(torch.arange(grid_side, dtype=torch.float32),
+                                torch.arange(grid_side, dtype=torch.float32), indexing="ij")
+
+    def encode(positions):
+        angles = positions.flatten()[:, None] * frequencies[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1)
 
 
 def save_checkpoint(model: PreTrainedModel, processor: ProcessorMixin, path: Path) -> None:

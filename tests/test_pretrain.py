@@ -1,0 +1,86 @@
+"""Pretraining the tiny base: its generic task, the dense auxiliary loss, the position-table init."""
+
+import random
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForImageTextToText
+
+from vlm_recipes.data.synthetic import GENERIC, SHAPES, render_object_example
+from vlm_recipes.families import get_family
+from vlm_recipes.models.pretrain import (HEAD_NAME, MAX_PIXELS, MIN_PIXELS, DenseGroundingObjective,
+                                         ObjectsDataset, dense_targets, make_collator, pretrain_base)
+from vlm_recipes.models.tiny import build_tiny, sincos_position_table
+
+QWEN3 = get_family("qwen3_vl")
+
+
+def test_object_example_is_one_generic_object_fixed_by_the_seed():
+    a_img, a_kind, a_box = render_object_example(random.Random(5))
+    b_img, b_kind, b_box = render_object_example(random.Random(5))
+    assert (a_kind, a_box) == (b_kind, b_box) and np.array_equal(np.asarray(a_img), np.asarray(b_img))
+    kinds = set()
+    for seed in range(80):
+        img, kind, (x1, y1, x2, y2) = render_object_example(random.Random(seed))
+        kinds.add(kind)
+        assert kind in SHAPES + GENERIC
+        assert 0 <= x1 < x2 <= img.width and 0 <= y1 < y2 <= img.height
+        assert x2 - x1 >= 5 and y2 - y1 >= 5
+    assert len(kinds) >= 9  # the draw covers the kinds, not one favourite
+
+
+def test_dense_targets_by_hand():
+    # 160x160 image, 5x5 tokens of 32 px: the box spans columns 1.25..3.125 and rows 0..2
+    coverage, boxes = dense_targets((40.0, 0.0, 100.0, 64.0), 160, 160, grid_h=5, grid_w=5)
+    expected = torch.zeros(5, 5)
+    expected[0:2, 1], expected[0:2, 2], expected[0:2, 3] = 0.75, 1.0, 0.125
+    torch.testing.assert_close(coverage, expected.flatten())
+    assert boxes.shape == (25, 4)
+    torch.testing.assert_close(boxes[7], torch.tensor([0.25, 0.0, 0.625, 0.4]))
+
+
+def test_dense_targets_on_a_non_square_grid_are_row_major():
+    coverage, _ = dense_targets((0.0, 0.0, 32.0, 32.0), 96, 64, grid_h=2, grid_w=3)
+    assert coverage.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    coverage, _ = dense_targets((64.0, 32.0, 96.0, 64.0), 96, 64, grid_h=2, grid_w=3)
+    assert coverage.tolist() == [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_sincos_table_is_smooth_and_separates_rows_from_columns():
+    table = sincos_position_table(16, 96).view(16, 16, 96)
+    row_half, col_half = table[..., :48], table[..., 48:]
+    assert torch.equal(row_half[3, 0], row_half[3, 15])  # the row half ignores the column
+    assert torch.equal(col_half[0, 3], col_half[15, 3])
+    near = (table[4, 4] - table[4, 5]).norm()
+    far = (table[4, 4] - table[4, 12]).norm()
+    assert near < far
+    model, _ = build_tiny(QWEN3, MIN_PIXELS, MAX_PIXELS, seed=0)
+    torch.testing.assert_close(model.model.visual.pos_embed.weight, sincos_position_table(16, 96))
+
+
+def test_dense_objective_adds_the_head_loss_computed_independently():
+    model, processor = build_tiny(QWEN3, MIN_PIXELS, MAX_PIXELS, seed=0)
+    model.add_module(HEAD_NAME, torch.nn.Linear(128, 5))
+    samples = [ObjectsDataset(4, QWEN3, seed=1)[i] for i in range(4)]
+    batch = make_collator(processor, dense=True)(samples)
+    coverage, boxes = batch["dense_coverage"], batch["dense_boxes"]
+    loss = DenseGroundingObjective(weight=0.5).compute_loss(model, dict(batch))
+
+    lm_inputs = {k: v for k, v in batch.items() if not k.startswith("dense_")}
+    lm_loss = model(**lm_inputs).loss
+    tokens = model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"]).pooler_output
+    prediction = getattr(model, HEAD_NAME)(torch.cat(list(tokens)))
+    assert prediction.shape[0] == coverage.shape[0] == boxes.shape[0]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(prediction[:, 0], coverage)
+    inside = coverage > 0.3
+    l1 = (prediction[inside, 1:].sigmoid() - boxes[inside]).abs().sum(-1).mean()
+    torch.testing.assert_close(loss, lm_loss + 0.5 * (bce + l1))
+
+
+def test_pretraining_saves_a_plain_checkpoint_without_the_head(tmp_path):
+    pretrain_base(QWEN3, tmp_path, num_samples=16, epochs=1, learning_rate=1e-3, batch_size=8)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and not any(HEAD_NAME in k for k in keys)
+    assert type(AutoModelForImageTextToText.from_pretrained(tmp_path)).__name__ == "Qwen3VLForConditionalGeneration"
