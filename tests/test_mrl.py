@@ -381,16 +381,17 @@ def test_mrl_recipe_learns_retrieval(tmp_path):
 
     assert (tiny_base_path(get_family("qwen3_vl")) / "config.json").is_file(), "shipped tiny base missing"
     run_dir = tmp_path / "mrl"
-    code = main(["--recipe", "mrl", "--output-dir", str(run_dir), "--no-wandb", "--max-steps", "80",
+    code = main(["--recipe", "mrl", "--output-dir", str(run_dir), "--no-wandb", "--max-steps", "160",
                  "--set", "data.num_test=200"])
     assert code == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["dims"] == [16, 32, 64, 128]
     base, tuned = metrics["base"]["t2i"]["128"], metrics["finetuned"]["t2i"]["128"]
-    print("t2i recall@1 base", base["recall@1"], "fine-tuned", tuned["recall@1"])
-    # measured with these 80 steps (lr 1e-3): recall@1 0.005 -> 0.070 (the full recipe, 450 steps
-    # on 500 images: 0.002 -> 0.184; DECISIONS D14)
+    print("t2i @128 base", base, "fine-tuned", tuned)
+    # measured with these 160 steps on the shipped base: recall@1 0.005 -> 0.040, recall@10
+    # 0.055 -> 0.335 (the full recipe, 450 steps on 500 images: 0.002 -> 0.064; DECISIONS D14)
     assert tuned["recall@1"] >= max(3 * base["recall@1"], base["recall@1"] + 0.02)
+    assert tuned["recall@10"] >= base["recall@10"] + 0.15
     losses = [e["loss"] for e in json.loads((run_dir / "train_log.json").read_text()) if "loss" in e]
     assert losses[-1] <= 0.8 * losses[0]
     assert set(metrics["finetuned"]["i2t"]["16"]) == {"recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"}
