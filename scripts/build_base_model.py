@@ -43,8 +43,8 @@ def main(argv=None) -> int:
         shutil.rmtree(out / "_trainer", ignore_errors=True)
         losses = [e["loss"] for e in log if "loss" in e]
         info = {"family": family.name, "samples": args.samples, "epochs": args.epochs, "lr": args.lr,
-                "aux_weight": args.aux_weight, "seed": args.seed, "seconds": round(time.time() - start), "first_loss": losses[0],
-                "final_loss": losses[-1]}
+                "aux_weight": args.aux_weight, "seed": args.seed, "seconds": round(time.time() - start),
+                "first_loss": losses[0], "final_loss": losses[-1]}
         (out / "pretraining.json").write_text(json.dumps(info, indent=2) + "\n")
         print(json.dumps(info))
     return 0

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import nn
-from transformers import TrainerCallback
 
 from ..boxes import Box, format_answer, resized_size
 from ..config import FreezeConfig, StageConfig, TrainConfig
@@ -24,7 +23,7 @@ from ..data.chat import encode_for_training
 from ..data.synthetic import render_object_example
 from ..families import Family
 from ..objectives.base import Objective
-from ..training.trainer import train_stage
+from ..training.trainer import DropOnTrainEnd, train_stage
 from .tiny import build_tiny, save_checkpoint
 
 GROUND_PROMPTS = ["Locate the {} in the image.", "Find the {}.", "Where is the {}?", "Detect the {}."]
@@ -92,7 +91,7 @@ class DenseGroundingObjective(Objective):
     def prepare_trainer(self, trainer) -> None:
         model = trainer.model
         model.add_module(HEAD_NAME, nn.Linear(model.config.text_config.hidden_size, 5))
-        trainer.add_callback(RemoveModule(model, HEAD_NAME))
+        trainer.add_callback(DropOnTrainEnd(model, HEAD_NAME))
 
     def compute_loss(self, model, inputs, num_items_in_batch=None):
         coverage, boxes = inputs.pop("dense_coverage"), inputs.pop("dense_boxes")
@@ -110,16 +109,6 @@ class DenseGroundingObjective(Objective):
         box_l1 = (prediction[:, 1:].sigmoid() - boxes).abs().sum(-1)
         box_loss = (box_l1 * inside).sum() / inside.sum().clamp(min=1)
         return loss + self.weight * (coverage_loss + box_loss)
-
-
-class RemoveModule(TrainerCallback):
-    """Deletes a training-only submodule when training ends, so it is not saved."""
-
-    def __init__(self, model, name: str):
-        self.model, self.name = model, name
-
-    def on_train_end(self, args, state, control, **kwargs):
-        delattr(self.model, self.name)
 
 
 def make_collator(processor, dense: bool):

@@ -26,6 +26,7 @@ from ..evaluation.retrieval import metrics_by_dim, write_retrieval_report
 from ..models.embedding import (QUERY_INSTRUCTION, TARGET_INSTRUCTION, EncodeSettings, embed, encode_images,
                                 encode_texts, hidden_size, resolve_dims, tokenize, truncate)
 from ..training.grad_cache import cached_step, split_rows
+from ..training.trainer import DropOnTrainEnd
 from .base import Objective
 
 SCALE_PARAM = "mrl_logit_scale"  # learnable log(1/temperature), lives on the model during training only
@@ -179,7 +180,7 @@ class MRL(Objective):
             device = next(model.parameters()).device
             scale = torch.nn.Parameter(torch.tensor(math.log(1 / options.temperature), device=device))
             model.register_parameter(SCALE_PARAM, scale)
-            trainer.add_callback(DropParameter(model, SCALE_PARAM))
+            trainer.add_callback(DropTemperature(model, SCALE_PARAM))
         if options.ema_decay > 0:
             trainer.add_callback(WeightEMA(trainer.model, options.ema_decay))
 
@@ -263,16 +264,13 @@ def unique_targets(samples: list[RetrievalSample]) -> list[Target]:
 
 # --- training extras ----------------------------------------------------------------------
 
-class DropParameter(TrainerCallback):
-    """Removes a training-only parameter (the learned temperature) before the model is saved."""
-
-    def __init__(self, model, name: str):
-        self.model, self.name = model, name
+class DropTemperature(DropOnTrainEnd):
+    """Logs the learned temperature, then removes its parameter before the model is saved."""
 
     def on_train_end(self, args, state, control, **kwargs):
         value = getattr(self.model, self.name)
         state.log_history.append({"learned_temperature": math.exp(-value.detach().item()), "step": state.global_step})
-        delattr(self.model, self.name)
+        super().on_train_end(args, state, control, **kwargs)
 
 
 class WeightEMA(TrainerCallback):

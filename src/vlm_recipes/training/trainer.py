@@ -53,6 +53,18 @@ class DivergenceGuard(TrainerCallback):
                                    "carries loss (check the label mask) or the model collapsed")
 
 
+class DropOnTrainEnd(TrainerCallback):
+    """Deletes a training-only attribute of the model (a parameter or submodule an objective
+    added: mrl's learned temperature, pretraining's dense head) when training ends, so the saved
+    checkpoint holds only the architecture's own weights."""
+
+    def __init__(self, model, name: str):
+        self.model, self.name = model, name
+
+    def on_train_end(self, args, state, control, **kwargs):
+        delattr(self.model, self.name)
+
+
 def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bool, use_cpu: bool,
                        report_to: list[str]) -> TrainingArguments:
     known = {f.name for f in dataclasses.fields(TrainingArguments)}
