@@ -71,7 +71,8 @@ QUICK = BASE + ["train.max_steps=40", "data.num_train=320", "data.num_test=16", 
 # ## 1. The base model
 # A recipe names its base in `model`: `tiny` resolves to the checkpoint shipped in
 # `src/vlm_recipes/assets/`, built with `vlm_recipes.models.tiny` and pretrained on generic
-# grounding of one object per scene (never on nutrition tables). It loads through `from_pretrained` like a hub model.
+# grounding and naming of one object per scene (never on nutrition tables). It loads through
+# `from_pretrained` like a hub model.
 
 # %%
 recipe = load_recipe("r4-joint", QUICK)

@@ -92,12 +92,13 @@ pd.DataFrame([{"family": f.name, "patch": f.patch_size, "merge": f.merge_size,
 
 # %% [markdown]
 # ## What the pretrained base answers
-# It was pretrained to ground one generic object ("Locate the star.": shapes, framed boxes,
-# text blocks, barcodes), never nutrition tables: it should find the named object, and for the
-# nutrition table point at whatever stands out most. Green: the truth, red: its answer.
+# It was pretrained to ground and name one generic object ("Locate the star." -> a box labelled
+# "red star"; shapes, framed boxes, text blocks, barcodes), never nutrition tables: it should
+# find and name the object, and for the nutrition table point at whatever stands out most.
+# Green: the truth, red: its answer.
 
 # %%
-scene, kind, object_box = render_object_example(random.Random(3))
+scene, kind, colour, object_box = render_object_example(random.Random(3))
 cases = [(scene, f"Locate the {kind} in the image.", object_box), (image, "Locate the nutrition table in the image.", box)]
 answers = generate_texts(model, processor, [c[0] for c in cases], [c[1] for c in cases], max_new_tokens=64)
 fig, axes = plt.subplots(1, 2, figsize=(8, 4))

@@ -388,10 +388,10 @@ def test_mrl_recipe_learns_retrieval(tmp_path):
     assert metrics["dims"] == [16, 32, 64, 128]
     base, tuned = metrics["base"]["t2i"]["128"], metrics["finetuned"]["t2i"]["128"]
     print("t2i @128 base", base, "fine-tuned", tuned)
-    # measured with these 160 steps on the shipped base: recall@1 0.005 -> 0.040, recall@10
-    # 0.055 -> 0.335 (the full recipe, 450 steps on 500 images: 0.002 -> 0.064; DECISIONS D14)
-    assert tuned["recall@1"] >= max(3 * base["recall@1"], base["recall@1"] + 0.02)
-    assert tuned["recall@10"] >= base["recall@10"] + 0.15
+    # measured with these 160 steps on the shipped base: recall@1 0.005 -> 0.195, recall@10
+    # 0.045 -> 0.960 (the full recipe, 500 steps on 500 images: 0.002 -> 0.366; DECISIONS D14)
+    assert tuned["recall@1"] >= max(3 * base["recall@1"], base["recall@1"] + 0.10)
+    assert tuned["recall@10"] >= base["recall@10"] + 0.5
     losses = [e["loss"] for e in json.loads((run_dir / "train_log.json").read_text()) if "loss" in e]
     assert losses[-1] <= 0.8 * losses[0]
     assert set(metrics["finetuned"]["i2t"]["16"]) == {"recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"}

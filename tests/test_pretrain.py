@@ -7,9 +7,10 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText
 
-from vlm_recipes.data.synthetic import GENERIC, SHAPES, render_object_example
+from vlm_recipes.data.synthetic import COLOURS, GENERIC, SHAPES, render_object_example
 from vlm_recipes.families import get_family
-from vlm_recipes.models.pretrain import (HEAD_NAME, MAX_PIXELS, MIN_PIXELS, DenseGroundingObjective,
+from vlm_recipes.models.pretrain import (COLOUR_NAMES, HEAD_NAME, HEAD_OUTPUTS, KINDS, MAX_PIXELS, MIN_PIXELS,
+                                         DenseGroundingObjective,
                                          ObjectsDataset, dense_targets, make_collator, pretrain_base)
 from vlm_recipes.models.tiny import build_tiny, sincos_position_table
 
@@ -17,17 +18,19 @@ QWEN3 = get_family("qwen3_vl")
 
 
 def test_object_example_is_one_generic_object_fixed_by_the_seed():
-    a_img, a_kind, a_box = render_object_example(random.Random(5))
-    b_img, b_kind, b_box = render_object_example(random.Random(5))
-    assert (a_kind, a_box) == (b_kind, b_box) and np.array_equal(np.asarray(a_img), np.asarray(b_img))
-    kinds = set()
+    a_img, *a_rest = render_object_example(random.Random(5))
+    b_img, *b_rest = render_object_example(random.Random(5))
+    assert a_rest == b_rest and np.array_equal(np.asarray(a_img), np.asarray(b_img))
+    kinds, colours = set(), set()
     for seed in range(80):
-        img, kind, (x1, y1, x2, y2) = render_object_example(random.Random(seed))
+        img, kind, colour, (x1, y1, x2, y2) = render_object_example(random.Random(seed))
         kinds.add(kind)
+        colours.add(colour)
         assert kind in SHAPES + GENERIC
+        assert (colour == "") == (kind in GENERIC) and (colour == "" or colour in COLOURS)
         assert 0 <= x1 < x2 <= img.width and 0 <= y1 < y2 <= img.height
         assert x2 - x1 >= 5 and y2 - y1 >= 5
-    assert len(kinds) >= 9  # the draw covers the kinds, not one favourite
+    assert len(kinds) >= 9 and len(colours) >= 8  # the draw covers kinds and colours, not favourites
 
 
 def test_dense_targets_by_hand():
@@ -61,8 +64,9 @@ def test_sincos_table_is_smooth_and_separates_rows_from_columns():
 
 def test_dense_objective_adds_the_head_loss_computed_independently():
     model, processor = build_tiny(QWEN3, MIN_PIXELS, MAX_PIXELS, seed=0)
-    model.add_module(HEAD_NAME, torch.nn.Linear(128, 5))
+    model.add_module(HEAD_NAME, torch.nn.Linear(128, HEAD_OUTPUTS))
     samples = [ObjectsDataset(4, QWEN3, seed=1)[i] for i in range(4)]
+    assert HEAD_OUTPUTS == 5 + len(KINDS) + len(COLOUR_NAMES)
     batch = make_collator(processor, dense=True)(samples)
     coverage, boxes = batch["dense_coverage"], batch["dense_boxes"]
     loss = DenseGroundingObjective(weight=0.5).compute_loss(model, dict(batch))
@@ -74,8 +78,17 @@ def test_dense_objective_adds_the_head_loss_computed_independently():
     assert prediction.shape[0] == coverage.shape[0] == boxes.shape[0]
     bce = torch.nn.functional.binary_cross_entropy_with_logits(prediction[:, 0], coverage)
     inside = coverage > 0.3
-    l1 = (prediction[inside, 1:].sigmoid() - boxes[inside]).abs().sum(-1).mean()
-    torch.testing.assert_close(loss, lm_loss + 0.5 * (bce + l1))
+    l1 = (prediction[inside, 1:5].sigmoid() - boxes[inside]).abs().sum(-1).mean()
+    # kind and colour cross-entropy over covered tokens, from each token's own sample
+    owner = torch.repeat_interleave(torch.arange(4), batch["image_grid_thw"].prod(-1) // 4)
+    kind = torch.tensor([samples[i].kind for i in owner])
+    colour = torch.tensor([samples[i].colour for i in owner])
+    assert torch.equal(batch["dense_kind"], kind) and torch.equal(batch["dense_colour"], colour)
+    kind_ce = torch.nn.functional.cross_entropy(prediction[inside, 5:5 + len(KINDS)], kind[inside])
+    named = inside & (colour >= 0)
+    colour_ce = (torch.nn.functional.cross_entropy(prediction[named, 5 + len(KINDS):], colour[named])
+                 if named.any() else torch.tensor(0.0))
+    torch.testing.assert_close(loss, lm_loss + 0.5 * (bce + l1 + kind_ce + colour_ce))
 
 
 def test_pretraining_saves_a_plain_checkpoint_without_the_head(tmp_path):

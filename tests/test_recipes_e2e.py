@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 SHORT = {  # recipe -> extra CLI args that shorten it
     "r2-vision-only": ["--set", "train.num_train_epochs=1"],
-    "r4-joint": ["--set", "train.num_train_epochs=1"],
+    "r4-joint": ["--set", "train.num_train_epochs=2"],
     "r3-two-stage": ["--set", "stages.0.train.num_train_epochs=1", "--set", "stages.1.train.num_train_epochs=0.5"],
 }
 
@@ -35,12 +35,12 @@ def _needs_base():
     assert (tiny_base_path(get_family("qwen3_vl")) / "config.json").is_file(), "shipped tiny base missing"
 
 
-# Measured on the shipped base with these budgets (50 steps): r4 loss 1.64 -> 1.03 and mean IoU
-# 0.290 -> 0.336 (its base already grounds generic objects; the full 12-epoch recipe reaches
-# 0.557); r2/r3 are asserted on the falling loss and the answer format only (DECISIONS D14).
-# The asserts sit below those figures, not at the targets.
+# Measured on the shipped base with these budgets: r4 (100 steps) loss 1.61 -> 0.91 and mean IoU
+# 0.105 -> 0.335 (the full 12-epoch recipe reaches 0.531); r2 (50 steps) 0.213 -> 0.233 and r3
+# (50 + 25 steps) 0.213 -> 0.164 are asserted on the falling loss and the answer format only
+# (DECISIONS D14). The asserts sit below those figures, not at the targets.
 LOSS_FALLS_BY = {"r2-vision-only": 0.15, "r3-two-stage": 0.3, "r4-joint": 0.3}
-IOU_GAIN = {"r4-joint": 0.03}
+IOU_GAIN = {"r4-joint": 0.15}
 
 
 @pytest.mark.parametrize("recipe", sorted(SHORT))

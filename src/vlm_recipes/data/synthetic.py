@@ -301,18 +301,24 @@ def make_nutrition_dataset(n_train: int = 800, n_test: int = 100, seed: int = 0)
 
 # --- generic shapes for pretraining -------------------------------------------------------
 
-def render_object_example(rng: random.Random) -> tuple[Image.Image, str, Box]:
-    """One large object of a random kind and colour on a noisy background: (image, kind, box).
+def render_object_example(rng: random.Random) -> tuple[Image.Image, str, str, Box]:
+    """One large object on a noisy background: (image, kind, colour name, box).
 
     The tiny base's pretraining task. One object per scene because picking one of several by
-    the prompt's words did not train at this scale (DECISIONS D14); the kind is still named.
+    the prompt's words did not train at this scale (DECISIONS D14). Shapes have a named colour
+    (from COLOURS, jittered) that the answer's label names ("red star"), so the base learns to
+    see colour as well as kind; generic items keep a random colour and an empty colour name.
     """
     w, h = rng.randint(MIN_SIDE, MAX_SIDE), rng.randint(MIN_SIDE, MAX_SIDE)
     img = _background(rng, w, h)
     kind = rng.choice(SHAPES + GENERIC)
-    size = (rng.randint(40, 100), rng.randint(32, 80)) if kind in GENERIC else _shape_size(rng, kind, True)
+    if kind in GENERIC:
+        size, colour_name, colour = (rng.randint(40, 100), rng.randint(32, 80)), "", _colour(rng)
+    else:
+        colour_name = rng.choice(list(COLOURS))
+        size, colour = _shape_size(rng, kind, True), _jitter(rng, COLOURS[colour_name], 12)
     box = _place(rng, w, h, *size, [])
-    drawn = _draw_item(rng, img, kind, box, _colour(rng))
+    drawn = _draw_item(rng, img, kind, box, colour)
     if drawn is None:  # text clipped away entirely: draw another scene
         return render_object_example(rng)
-    return img, kind, drawn
+    return img, kind, colour_name, drawn

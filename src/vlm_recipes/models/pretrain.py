@@ -1,8 +1,9 @@
 """Pretraining the tiny base on a generic task, so that it behaves like a pretrained model.
 
-The task is grounding one generic object ("Locate the star."): a shape, a framed box, a text
-block or a striped box on a noisy background, answered in the family's own box convention. It
-never shows a nutrition table: the recipes have to teach that. The pretraining run uses the same
+The task is grounding and naming one generic object ("Locate the star." -> its box, labelled
+"red star"): a shape, a framed box, a text block or a striped box on a noisy background,
+answered in the family's own box convention. It never shows a nutrition table: the recipes have
+to teach that. The pretraining run uses the same
 Trainer as the recipes, with one addition that only pretraining has: a dense auxiliary loss on
 the vision tower's output tokens (see `DenseGroundingObjective`).
 """
@@ -20,17 +21,24 @@ from torch import nn
 from ..boxes import Box, format_answer, resized_size
 from ..config import FreezeConfig, StageConfig, TrainConfig
 from ..data.chat import encode_for_training
-from ..data.synthetic import render_object_example
+from ..data.synthetic import COLOURS, GENERIC, SHAPES, render_object_example
 from ..families import Family
 from ..objectives.base import Objective
 from ..training.trainer import DropOnTrainEnd, train_stage
 from .tiny import build_tiny, save_checkpoint
 
 GROUND_PROMPTS = ["Locate the {} in the image.", "Find the {}.", "Where is the {}?", "Detect the {}."]
+# Prompts that do not name the object: the answer's label must come from the image.
+DESCRIBE_PROMPTS = ["Detect the object in the image.", "What is in the image, and where?",
+                    "Locate the main object."]
 # The tiny base's pixel budget (saved in its processor): at most 160x160 px, i.e. 5x5 tokens for
 # Qwen3-VL, so that training steps take a fraction of a second on a CPU.
 MIN_PIXELS, MAX_PIXELS = 3136, 25600
 HEAD_NAME = "dense_grounding_head"
+KINDS, COLOUR_NAMES = SHAPES + GENERIC, list(COLOURS)
+# the dense head's outputs per image token: coverage logit, box (4), kind logits, colour logits
+HEAD_OUTPUTS = 5 + len(KINDS) + len(COLOUR_NAMES)
+IGNORE = -100  # cross_entropy's ignore_index: generic items have no named colour
 
 
 @dataclass
@@ -39,6 +47,8 @@ class ObjectSample:
     prompt: str
     answer: str
     box: Box  # canonical pixel box of the object, for the dense auxiliary targets
+    kind: int = 0  # index in KINDS
+    colour: int = IGNORE  # index in COLOUR_NAMES
 
 
 class ObjectsDataset:
@@ -54,10 +64,16 @@ class ObjectsDataset:
         if not 0 <= index < self.size:
             raise IndexError(index)
         rng = random.Random(self.seed * 1_000_003 + index)
-        image, kind, box = render_object_example(rng)
+        image, kind, colour, box = render_object_example(rng)
         w, h = image.size
-        answer = format_answer([(kind, box)], w, h, self.family, resized_size(w, h, self.family, MIN_PIXELS, MAX_PIXELS))
-        return ObjectSample(image, rng.choice(GROUND_PROMPTS).format(kind), answer, box)
+        label = f"{colour} {kind}".strip()
+        answer = format_answer([(label, box)], w, h, self.family, resized_size(w, h, self.family, MIN_PIXELS, MAX_PIXELS))
+        # a third of prompts name nothing, a third the kind, a third colour and kind: the label
+        # always names both, so the colour has to be read from the image
+        named = rng.choice(["", kind, label])
+        prompt = rng.choice(GROUND_PROMPTS).format(named) if named else rng.choice(DESCRIBE_PROMPTS)
+        return ObjectSample(image, prompt, answer, box, KINDS.index(kind),
+                            COLOUR_NAMES.index(colour) if colour else IGNORE)
 
 
 def dense_targets(box: Box, width: int, height: int, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,12 +91,14 @@ def dense_targets(box: Box, width: int, height: int, grid_h: int, grid_w: int) -
 class DenseGroundingObjective(Objective):
     """Answer-token cross-entropy plus `weight` x a dense loss on the merged vision tokens: a linear
     head predicts, for every token, how much of it the object covers (BCE) and, where it covers
-    most of it, the object's box (L1).
+    most of it, the object's box (L1), kind and colour (cross-entropy each).
 
     Why: through the answer tokens alone the vision tower of a model this small learns
     object features too slowly, and the model settles on the average box (DECISIONS D14). The
     head gives the vision tower a direct gradient; it exists only during pretraining and is
-    removed before the model is saved, so the checkpoint is a plain Qwen-VL one.
+    removed before the model is saved, so the checkpoint is a plain Qwen-VL one. The kind and
+    colour terms make every covered token say what it shows, which the retrieval recipe needs
+    (its scenes hold several small objects) and the answer tokens alone taught too slowly.
     """
 
     name = "dense-grounding-pretraining"
@@ -90,11 +108,12 @@ class DenseGroundingObjective(Objective):
 
     def prepare_trainer(self, trainer) -> None:
         model = trainer.model
-        model.add_module(HEAD_NAME, nn.Linear(model.config.text_config.hidden_size, 5))
+        model.add_module(HEAD_NAME, nn.Linear(model.config.text_config.hidden_size, HEAD_OUTPUTS))
         trainer.add_callback(DropOnTrainEnd(model, HEAD_NAME))
 
     def compute_loss(self, model, inputs, num_items_in_batch=None):
         coverage, boxes = inputs.pop("dense_coverage"), inputs.pop("dense_boxes")
+        kinds, colours = inputs.pop("dense_kind"), inputs.pop("dense_colour")
         captured = []
         # the model's forward does not return the merged image tokens: a hook reads them
         # without a second vision pass
@@ -106,9 +125,19 @@ class DenseGroundingObjective(Objective):
         prediction = getattr(model, HEAD_NAME)(captured[0])
         coverage_loss = nn.functional.binary_cross_entropy_with_logits(prediction[:, 0], coverage)
         inside = (coverage > self.covered).float()
-        box_l1 = (prediction[:, 1:].sigmoid() - boxes).abs().sum(-1)
+        box_l1 = (prediction[:, 1:5].sigmoid() - boxes).abs().sum(-1)
         box_loss = (box_l1 * inside).sum() / inside.sum().clamp(min=1)
-        return loss + self.weight * (coverage_loss + box_loss)
+        outside = inside == 0
+        kind_loss = _masked_cross_entropy(prediction[:, 5:5 + len(KINDS)], kinds.masked_fill(outside, IGNORE))
+        colour_loss = _masked_cross_entropy(prediction[:, 5 + len(KINDS):], colours.masked_fill(outside, IGNORE))
+        return loss + self.weight * (coverage_loss + box_loss + kind_loss + colour_loss)
+
+
+def _masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over targets != IGNORE; zero (not NaN) when there are none."""
+    if not (targets != IGNORE).any():
+        return logits.sum() * 0.0
+    return nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE)
 
 
 def make_collator(processor, dense: bool):
@@ -123,6 +152,9 @@ def make_collator(processor, dense: bool):
                    for s, thw in zip(batch, encoded["image_grid_thw"])]
         encoded["dense_coverage"] = torch.cat([t[0] for t in targets])
         encoded["dense_boxes"] = torch.cat([t[1] for t in targets])
+        tokens = [t[0].shape[0] for t in targets]
+        encoded["dense_kind"] = torch.tensor([s.kind for s, n in zip(batch, tokens) for _ in range(n)])
+        encoded["dense_colour"] = torch.tensor([s.colour for s, n in zip(batch, tokens) for _ in range(n)])
         return encoded
 
     return collate
