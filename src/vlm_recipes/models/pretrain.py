@@ -3,9 +3,9 @@
 The task is grounding and naming one generic object ("Locate the star." -> its box, labelled
 "red star"): a shape, a framed box, a text block or a striped box on a noisy background,
 answered in the family's own box convention. It never shows a nutrition table: the recipes have
-to teach that. The pretraining run uses the same
-Trainer as the recipes, with one addition that only pretraining has: a dense auxiliary loss on
-the vision tower's output tokens (see `DenseGroundingObjective`).
+to teach that. The pretraining run uses the same Trainer as the recipes, with one addition that
+only pretraining has: a dense auxiliary loss on the vision tower's output tokens (see
+`DenseGroundingObjective`).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ class ObjectSample:
     prompt: str
     answer: str
     box: Box  # canonical pixel box of the object, for the dense auxiliary targets
-    kind: int = 0  # index in KINDS
-    colour: int = IGNORE  # index in COLOUR_NAMES
+    kind: int  # index in KINDS
+    colour: int  # index in COLOUR_NAMES, or IGNORE for an item without a named colour
 
 
 class ObjectsDataset:
