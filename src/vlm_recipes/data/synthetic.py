@@ -3,8 +3,9 @@
 * Nutrition-table detection in the exact schema of openfoodfacts/nutrition-table-detection:
   packaging with distractors and ONE table (light, dark border, title, ruled rows). Decoys are
   white boxes without content and text without border, so "find the white box" is not enough.
-* Generic grounding (one "star", "framed box", "text block", ...) to pretrain the tiny base
-  model; it never mentions nutrition or tables, so the downstream task stays a real fine-tuning one.
+* Generic grounding and naming (one "red star", "framed box", "text block", ...) to pretrain the
+  tiny base model; it never mentions nutrition or tables, so the downstream task stays a real
+  fine-tuning one.
 
 All randomness comes from the `random.Random` passed in (numpy noise is seeded from it), so a
 seed fixes pixels and boxes. Boxes are canonical `(x1, y1, x2, y2)` pixel edges: `(0, 0, 3, 2)`

@@ -37,8 +37,10 @@ MIN_PIXELS, MAX_PIXELS = 3136, 25600
 HEAD_NAME = "dense_grounding_head"
 KINDS, COLOUR_NAMES = SHAPES + GENERIC, list(COLOURS)
 # the dense head's outputs per image token: coverage logit, box (4), kind logits, colour logits
-HEAD_OUTPUTS = 5 + len(KINDS) + len(COLOUR_NAMES)
-IGNORE = -100  # cross_entropy's ignore_index: generic items have no named colour
+BOX, KIND_LOGITS = slice(1, 5), slice(5, 5 + len(KINDS))
+COLOUR_LOGITS = slice(KIND_LOGITS.stop, KIND_LOGITS.stop + len(COLOUR_NAMES))
+HEAD_OUTPUTS = COLOUR_LOGITS.stop
+IGNORE = -100  # cross_entropy's ignore_index: uncovered tokens, and items without a named colour
 
 
 @dataclass
@@ -124,12 +126,11 @@ class DenseGroundingObjective(Objective):
             hook.remove()
         prediction = getattr(model, HEAD_NAME)(captured[0])
         coverage_loss = nn.functional.binary_cross_entropy_with_logits(prediction[:, 0], coverage)
-        inside = (coverage > self.covered).float()
-        box_l1 = (prediction[:, 1:5].sigmoid() - boxes).abs().sum(-1)
-        box_loss = (box_l1 * inside).sum() / inside.sum().clamp(min=1)
-        outside = inside == 0
-        kind_loss = _masked_cross_entropy(prediction[:, 5:5 + len(KINDS)], kinds.masked_fill(outside, IGNORE))
-        colour_loss = _masked_cross_entropy(prediction[:, 5 + len(KINDS):], colours.masked_fill(outside, IGNORE))
+        covered = coverage > self.covered
+        box_l1 = (prediction[:, BOX].sigmoid() - boxes).abs().sum(-1)
+        box_loss = (box_l1 * covered).sum() / covered.sum().clamp(min=1)
+        kind_loss = _masked_cross_entropy(prediction[:, KIND_LOGITS], kinds.masked_fill(~covered, IGNORE))
+        colour_loss = _masked_cross_entropy(prediction[:, COLOUR_LOGITS], colours.masked_fill(~covered, IGNORE))
         return loss + self.weight * (coverage_loss + box_loss + kind_loss + colour_loss)
 
 
@@ -152,9 +153,9 @@ def make_collator(processor, dense: bool):
                    for s, thw in zip(batch, encoded["image_grid_thw"])]
         encoded["dense_coverage"] = torch.cat([t[0] for t in targets])
         encoded["dense_boxes"] = torch.cat([t[1] for t in targets])
-        tokens = [t[0].shape[0] for t in targets]
-        encoded["dense_kind"] = torch.tensor([s.kind for s, n in zip(batch, tokens) for _ in range(n)])
-        encoded["dense_colour"] = torch.tensor([s.colour for s, n in zip(batch, tokens) for _ in range(n)])
+        tokens = torch.tensor([len(t[0]) for t in targets])  # each sample's label, once per image token
+        encoded["dense_kind"] = torch.tensor([s.kind for s in batch]).repeat_interleave(tokens)
+        encoded["dense_colour"] = torch.tensor([s.colour for s in batch]).repeat_interleave(tokens)
         return encoded
 
     return collate
