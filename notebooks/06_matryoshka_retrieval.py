@@ -93,7 +93,8 @@ plt.show()
 # %% [markdown]
 # ## A short `mrl` run
 # 20 contrastive steps with 16 queries per batch (each with a hard negative), then Recall@1
-# per dim on the test gallery, base vs fine-tuned. The full recipe trains 300 steps of 32.
+# per dim on the test gallery, base vs fine-tuned. The full recipe trains 750 steps of 32
+# (vision tower frozen, merger and LLM trained; README has its figures).
 
 # %%
 recipe = load_recipe("mrl", BASE + ["train.max_steps=20", "data.num_train=320", "data.num_test=64",

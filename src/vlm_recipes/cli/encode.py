@@ -48,7 +48,6 @@ def settings_for(model_dir: Path, pooling: str | None, batch_size: int):
     """Pooling and instructions as the run trained them (its config.yaml next to model/)."""
     import yaml
 
-    from ..models.embedding import EncodeSettings
     from ..objectives.mrl import MRLOptions
 
     options = MRLOptions()

@@ -11,7 +11,7 @@ batch does not depend on memory (gradient accumulation would not add negatives).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -19,12 +19,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
-from ..config import RecipeConfig
 from ..data.retrieval import RetrievalSample, Target, load_retrieval_splits
 from ..errors import InputError
 from ..evaluation.retrieval import metrics_by_dim, write_retrieval_report
-from ..models.embedding import (QUERY_INSTRUCTION, TARGET_INSTRUCTION, EncodeSettings, embed, encode_images,
-                                encode_texts, hidden_size, resolve_dims, tokenize, truncate)
+from ..models.embedding import (QUERY_INSTRUCTION, TARGET_INSTRUCTION, EncodeSettings, embed, encode,
+                                encode_images, encode_texts, hidden_size, resolve_dims, tokenize, truncate)
 from ..training.grad_cache import cached_step, split_rows
 from ..training.trainer import DropOnTrainEnd
 from .base import Objective
@@ -45,7 +44,14 @@ class MRLOptions:
     learn_temperature: bool = False
     """Train log(1/temperature) from `temperature`, capped at 1/0.01."""
     num_hard_negatives: int = 0
-    """Hard-negative targets per query from the data (synthetic: one-attribute changes)."""
+    """Hard-negative targets per query (synthetic data: one-attribute changes)."""
+    hard_negatives: Literal["data", "mined"] = "data"
+    """Where they come from: the data's own, or mined before each stage by the model as it is then
+    (every training query against every training target, the top-ranked non-positives)."""
+    mining_margin: float | None = 0.95
+    """Mined candidates scoring above margin x the positive's score are skipped as likely
+    unlabelled positives (NV-Retriever's positive-aware mining); None skips only the positive
+    (for a base whose embeddings do not rank yet, where every candidate scores near the positive)."""
     gather_across_processes: bool = True
     """Under DDP, every process's embeddings are negatives for every query (gathered with gradients)."""
     grad_cache_chunk: int = 0
@@ -67,6 +73,10 @@ class MRLOptions:
             raise InputError("objective.options.dim_weights must be >= 0")
         if self.num_hard_negatives < 0 or self.grad_cache_chunk < 0:
             raise InputError("objective.options.num_hard_negatives and grad_cache_chunk must be >= 0")
+        if self.hard_negatives == "mined" and self.num_hard_negatives < 1:
+            raise InputError("objective.options.hard_negatives=mined needs objective.options.num_hard_negatives >= 1")
+        if self.mining_margin is not None and not 0 < self.mining_margin <= 1:
+            raise InputError(f"objective.options.mining_margin={self.mining_margin}: must be in (0, 1]")
         if not 0 <= self.ema_decay < 1:
             raise InputError(f"objective.options.ema_decay={self.ema_decay}: must be in [0, 1)")
 
@@ -167,14 +177,18 @@ class MRL(Objective):
 
     def load_data(self, recipe):
         data, options = recipe.data, self.options(recipe)
+        from_data = options.num_hard_negatives if options.hard_negatives == "data" else 0
         return load_retrieval_splits(data.dataset, data.num_train, data.num_test, recipe.seed,
-                                     options.num_hard_negatives, data.max_train, data.max_test)
+                                     from_data, data.max_train, data.max_test)
 
     def make_collator(self, processor, family, recipe):
         return MRLCollator(processor, self.options(recipe))
 
     def prepare_trainer(self, trainer) -> None:
         options: MRLOptions = trainer.data_collator.options
+        if options.hard_negatives == "mined":
+            trainer.train_dataset = mine_hard_negatives(trainer.model, trainer.data_collator.processor,
+                                                        list(trainer.train_dataset), options)
         if options.learn_temperature:
             model = trainer.model
             device = next(model.parameters()).device
@@ -200,11 +214,11 @@ class MRL(Objective):
         parts = [split_rows(*group_inputs(inputs, prefix), options.grad_cache_chunk) for prefix in ("query", "target")]
         scale = 1.0 / trainer.current_gradient_accumulation_steps  # as Trainer.training_step scales its loss
 
-        def encode(chunk):
+        def encode_chunk(chunk):
             with trainer.compute_loss_context_manager():
                 return embed(model, chunk, options.pooling)
 
-        loss = cached_step(encode, parts, lambda q, t: self._loss(model, options, q, t) * scale,
+        loss = cached_step(encode_chunk, parts, lambda q, t: self._loss(model, options, q, t) * scale,
                            trainer.accelerator.backward, lambda: trainer.accelerator.no_sync(model))
         return loss
 
@@ -224,19 +238,7 @@ class MRL(Objective):
         gallery = unique_targets(samples)
         keys = [t.key for t in gallery]
         queries = encode_texts(model, processor, [s.query for s in samples], settings)  # (Q, H)
-        images = [t for t in gallery if t.image is not None]
-        texts = [t for t in gallery if t.image is None]
-        embeddings = {}
-        if images:
-            encoded = encode_images(model, processor, [t.image for t in images], [t.text for t in images], settings)
-            embeddings.update(zip([t.key for t in images], encoded))
-        if texts:  # text targets: the target instruction, no image
-            from ..models.embedding import encode
-
-            encoded = encode(model, processor, [t.text for t in texts], [None] * len(texts),
-                             options.target_instruction, settings)
-            embeddings.update(zip([t.key for t in texts], encoded))
-        targets = torch.stack([embeddings[key] for key in keys])  # (G, H)
+        targets = encode_targets(model, processor, gallery, settings)  # (G, H)
         index = {key: i for i, key in enumerate(keys)}
         relevant = torch.zeros(len(samples), len(keys), dtype=torch.bool)
         relevant[torch.arange(len(samples)), torch.tensor([index[s.target.key] for s in samples])] = True
@@ -260,6 +262,51 @@ def unique_targets(samples: list[RetrievalSample]) -> list[Target]:
     for s in samples:
         seen.setdefault(s.target.key, s.target)
     return list(seen.values())
+
+
+def encode_targets(model, processor, targets: list[Target], settings) -> torch.Tensor:
+    """(N, H) embeddings in `targets` order: images (with their optional text) and text-only targets."""
+    images = [t for t in targets if t.image is not None]
+    texts = [t for t in targets if t.image is None]
+    embeddings = {}
+    if images:
+        encoded = encode_images(model, processor, [t.image for t in images], [t.text for t in images], settings)
+        embeddings.update(zip([id(t) for t in images], encoded))
+    if texts:  # text targets: the target instruction, no image
+        encoded = encode(model, processor, [t.text for t in texts], [None] * len(texts),
+                         settings.target_instruction, settings)
+        embeddings.update(zip([id(t) for t in texts], encoded))
+    return torch.stack([embeddings[id(t)] for t in targets])
+
+
+def mine_hard_negatives(model, processor, samples: list[RetrievalSample], options: MRLOptions,
+                        batch_size: int = 32) -> list[RetrievalSample]:
+    """`samples` with `options.num_hard_negatives` mined negatives each: the training targets the
+    model ranks highest for the query, skipping its own target and any candidate scoring above
+    `mining_margin` x the positive's score (that close, it is often an unlabelled positive)."""
+    k = options.num_hard_negatives
+    gallery = unique_targets(samples)
+    if len(gallery) <= k:
+        raise InputError(f"hard_negatives=mined: {len(gallery)} distinct training targets cannot give "
+                         f"{k} negatives per query; lower objective.options.num_hard_negatives")
+    settings = options.encode_settings(batch_size)
+    scores = encode_texts(model, processor, [s.query for s in samples], settings) \
+        @ encode_targets(model, processor, gallery, settings).T  # (Q, G), full dim
+    index = {t.key: i for i, t in enumerate(gallery)}
+    rows = torch.arange(len(samples))
+    own = torch.tensor([index[s.target.key] for s in samples])
+    if options.mining_margin is not None:
+        positive = scores[rows, own]
+        # margin x positive for a positive score, and still below the positive when it is negative
+        ceiling = positive - (1 - options.mining_margin) * positive.abs()
+        scores = scores.masked_fill(scores > ceiling[:, None], -math.inf)
+    scores[rows, own] = -math.inf
+    top = scores.topk(k, dim=1)
+    if torch.isinf(top.values).any():
+        raise InputError(f"hard_negatives=mined: a query has fewer than {k} candidates under "
+                         f"objective.options.mining_margin={options.mining_margin}; raise it towards 1 "
+                         "or set it to null (no filtering)")
+    return [replace(s, hard_negatives=[gallery[j] for j in row]) for s, row in zip(samples, top.indices.tolist())]
 
 
 # --- training extras ----------------------------------------------------------------------
