@@ -309,12 +309,14 @@ def test_mining_picks_top_ranked_non_positives_below_the_margin(monkeypatch):
     scores = torch.tensor([[1.0, 0.99, 0.5, 0.9], [0.1, 0.8, 0.3, 0.2], [0.0, 0.2, 0.7, 0.1], [0.4, 0.3, 0.2, 0.6]])
     monkeypatch.setattr(mrl, "encode_texts", lambda *a, **k: scores)
     monkeypatch.setattr(mrl, "encode_targets", lambda *a, **k: torch.eye(4))
-    mined = mrl.mine_hard_negatives(None, None, samples, MRLOptions(num_hard_negatives=2, hard_negatives="mined"))
+    options = MRLOptions(num_hard_negatives=2, hard_negatives="mined", mining_margin=0.95)
+    mined = mrl.mine_hard_negatives(None, None, samples, options)
     assert [[t.key for t in s.hard_negatives] for s in mined] == [["t3", "t2"], ["t2", "t3"], ["t1", "t3"],
                                                                    ["t0", "t1"]]
     scores[2, 2] = -0.5  # a negative positive: the ceiling stays below it (-0.525), nothing is left
     with pytest.raises(InputError, match="mining_margin"):
-        mrl.mine_hard_negatives(None, None, samples, MRLOptions(num_hard_negatives=1, hard_negatives="mined"))
+        mrl.mine_hard_negatives(None, None, samples, MRLOptions(num_hard_negatives=1, hard_negatives="mined",
+                                                                 mining_margin=0.95))
     monkeypatch.setattr(mrl, "encode_texts", lambda *a, **k: scores[:2])
     with pytest.raises(InputError, match="num_hard_negatives"):
         mrl.mine_hard_negatives(None, None, samples[:2], MRLOptions(num_hard_negatives=2, hard_negatives="mined"))
@@ -327,7 +329,7 @@ def test_mined_options_are_checked():
         load_recipe("mrl", ["objective.options.hard_negatives=random"])
     with pytest.raises(InputError, match="mining_margin"):
         load_recipe("mrl", ["objective.options.mining_margin=1.5"])
-    assert load_recipe("mrl", ["objective.options.mining_margin=null"]).objective.options["mining_margin"] is None
+    assert load_recipe("mrl", ["objective.options.mining_margin=0.95"]).objective.options["mining_margin"] == 0.95
 
 
 def test_trainer_mines_negatives_with_the_model_it_trains(random_tiny_dirs, tmp_path):
@@ -342,8 +344,7 @@ def test_trainer_mines_negatives_with_the_model_it_trains(random_tiny_dirs, tmp_
 
     path = random_tiny_dirs["qwen2_vl"]
     model, processor = AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
-    # a random model ranks nothing yet: every candidate scores near the positive, so no margin
-    options = MRLOptions(num_hard_negatives=2, hard_negatives="mined", mining_margin=None)
+    options = MRLOptions(num_hard_negatives=2, hard_negatives="mined")  # no margin: a random model ranks nothing
     train = [s for s in SyntheticRetrieval(6, "train", 0, 0)]
     stage = StageConfig(freeze=FreezeConfig(llm=False), train=TrainConfig(max_steps=1, per_device_train_batch_size=3))
     trainer = RecipeTrainer(model=model, args=training_arguments(stage.train, tmp_path, 0, False, True, []),

@@ -48,10 +48,11 @@ class MRLOptions:
     hard_negatives: Literal["data", "mined"] = "data"
     """Where they come from: the data's own, or mined before each stage by the model as it is then
     (every training query against every training target, the top-ranked non-positives)."""
-    mining_margin: float | None = 0.95
-    """Mined candidates scoring above margin x the positive's score are skipped as likely
-    unlabelled positives (NV-Retriever's positive-aware mining); None skips only the positive
-    (for a base whose embeddings do not rank yet, where every candidate scores near the positive)."""
+    mining_margin: float | None = None
+    """None: every candidate but the positive may be mined. A value m skips candidates scoring
+    above m x the positive's score as likely unlabelled positives (NV-Retriever's positive-aware
+    mining uses 0.95); it needs a model that already ranks, since a base that was never trained
+    as an embedder scores everything near the positive and the margin would leave nothing."""
     gather_across_processes: bool = True
     """Under DDP, every process's embeddings are negatives for every query (gathered with gradients)."""
     grad_cache_chunk: int = 0
