@@ -36,9 +36,9 @@ def _needs_base():
 
 
 # Measured on the shipped base with these budgets: r4 (100 steps) loss 1.61 -> 0.91 and mean IoU
-# 0.105 -> 0.335 (the full 12-epoch recipe reaches 0.531); r2 (50 steps) 0.213 -> 0.233 and r3
-# (50 + 25 steps) 0.213 -> 0.164 are asserted on the falling loss and the answer format only
-# (DECISIONS D14). The asserts sit below those figures, not at the targets.
+# 0.105 -> 0.335 (the full 12-epoch recipe reaches 0.531); r2 (50 steps) 0.213 -> 0.234 and r3
+# (50 + 25 steps) 0.213 -> 0.094 with 65% of answers parsed are asserted on the falling loss and
+# the answer format only (DECISIONS D14). The asserts sit below those figures, not at the targets.
 LOSS_FALLS_BY = {"r2-vision-only": 0.15, "r3-two-stage": 0.3, "r4-joint": 0.3}
 IOU_GAIN = {"r4-joint": 0.15}
 
@@ -48,11 +48,12 @@ def test_recipe_learns_the_task(tmp_path, recipe):
     run_dir, metrics = _run(tmp_path, recipe, SHORT[recipe])
     base, tuned = metrics["base"], metrics["finetuned"]
     losses = [e["loss"] for e in json.loads((run_dir / "train_log.json").read_text()) if "loss" in e]
-    print(recipe, "base", base["mean_iou"], "fine-tuned", tuned["mean_iou"], "loss", losses[0], "->", losses[-1])
+    print(recipe, "base", base["mean_iou"], "fine-tuned", tuned["mean_iou"], "parsed", tuned["detection_rate"],
+          "loss", losses[0], "->", losses[-1])
     assert losses[-1] <= (1 - LOSS_FALLS_BY[recipe]) * losses[0]
     if recipe in IOU_GAIN:
         assert tuned["mean_iou"] >= base["mean_iou"] + IOU_GAIN[recipe]
-    if recipe != "r3-two-stage":  # r3's 25-step LLM stage has not yet relearned the format (6% parse)
+    if recipe != "r3-two-stage":  # r3's 25-step LLM stage has not yet relearned the format (65% parse)
         assert tuned["detection_rate"] >= 0.9  # answers in the family's box format
     assert tuned["n"] == base["n"] == 48
     assert json.loads((run_dir / "status.json").read_text()) == {"state": "complete"}

@@ -240,9 +240,8 @@ class MRL(Objective):
         keys = [t.key for t in gallery]
         queries = encode_texts(model, processor, [s.query for s in samples], settings)  # (Q, H)
         targets = encode_targets(model, processor, gallery, settings)  # (G, H)
-        index = {key: i for i, key in enumerate(keys)}
         relevant = torch.zeros(len(samples), len(keys), dtype=torch.bool)
-        relevant[torch.arange(len(samples)), torch.tensor([index[s.target.key] for s in samples])] = True
+        relevant[torch.arange(len(samples)), target_rows(samples, gallery)] = True
         dims = resolve_dims(options.dims, hidden_size(model))
         top = (queries @ targets.T).topk(min(10, len(keys)), dim=1).indices  # full dim
         predictions = [{"query": s.query, "target": s.target.key, "top10": [keys[j] for j in row]}
@@ -263,6 +262,12 @@ def unique_targets(samples: list[RetrievalSample]) -> list[Target]:
     for s in samples:
         seen.setdefault(s.target.key, s.target)
     return list(seen.values())
+
+
+def target_rows(samples: list[RetrievalSample], gallery: list[Target]) -> torch.Tensor:
+    """Each sample's own target as a row of `gallery` (matched by key)."""
+    index = {t.key: i for i, t in enumerate(gallery)}
+    return torch.tensor([index[s.target.key] for s in samples])
 
 
 def encode_targets(model, processor, targets: list[Target], settings) -> torch.Tensor:
@@ -293,9 +298,7 @@ def mine_hard_negatives(model, processor, samples: list[RetrievalSample], option
     settings = options.encode_settings(batch_size)
     scores = encode_texts(model, processor, [s.query for s in samples], settings) \
         @ encode_targets(model, processor, gallery, settings).T  # (Q, G), full dim
-    index = {t.key: i for i, t in enumerate(gallery)}
-    rows = torch.arange(len(samples))
-    own = torch.tensor([index[s.target.key] for s in samples])
+    rows, own = torch.arange(len(samples)), target_rows(samples, gallery)
     if options.mining_margin is not None:
         positive = scores[rows, own]
         # margin x positive for a positive score, and still below the positive when it is negative
