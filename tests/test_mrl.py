@@ -180,6 +180,21 @@ def test_real_model_embeddings_do_not_depend_on_padding_side(random_tiny_dirs, f
     assert torch.allclose(out["left"].norm(dim=-1), torch.ones(3))
 
 
+def test_mixed_image_and_text_targets_keep_their_order(tiny):
+    from vlm_recipes.data.retrieval import Target
+    from vlm_recipes.objectives.mrl import encode_targets
+
+    model, processor = tiny
+    image = synthetic_gallery(1, seed=0)[0].target.image
+    targets = [Target(text="a red star", key="a"), Target(image=image, key="b"), Target(text="two crosses", key="c")]
+    settings = MRLOptions().encode_settings(4)
+    with torch.no_grad():
+        together = encode_targets(model, processor, targets, settings)
+        alone = torch.cat([encode_targets(model, processor, [t], settings) for t in targets])
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert not torch.allclose(together[0], together[2], atol=1e-3)  # the rows really differ
+
+
 def _batch(processor, num_samples: int, negatives: int, options=None):
     options = options or MRLOptions(num_hard_negatives=negatives)
     data = SyntheticRetrieval(num_samples, "train", seed=3, num_hard_negatives=negatives)
@@ -310,16 +325,16 @@ def test_mining_picks_top_ranked_non_positives_below_the_margin(monkeypatch):
     monkeypatch.setattr(mrl, "encode_texts", lambda *a, **k: scores)
     monkeypatch.setattr(mrl, "encode_targets", lambda *a, **k: torch.eye(4))
     options = MRLOptions(num_hard_negatives=2, hard_negatives="mined", mining_margin=0.95)
-    mined = mrl.mine_hard_negatives(None, None, samples, options)
+    mined = mrl.mine_hard_negatives(None, None, samples, options, 32)
     assert [[t.key for t in s.hard_negatives] for s in mined] == [["t3", "t2"], ["t2", "t3"], ["t1", "t3"],
                                                                    ["t0", "t1"]]
     scores[2, 2] = -0.5  # a negative positive: the ceiling stays below it (-0.525), nothing is left
     with pytest.raises(InputError, match="mining_margin"):
         mrl.mine_hard_negatives(None, None, samples, MRLOptions(num_hard_negatives=1, hard_negatives="mined",
-                                                                 mining_margin=0.95))
+                                                                 mining_margin=0.95), 32)
     monkeypatch.setattr(mrl, "encode_texts", lambda *a, **k: scores[:2])
     with pytest.raises(InputError, match="num_hard_negatives"):
-        mrl.mine_hard_negatives(None, None, samples[:2], MRLOptions(num_hard_negatives=2, hard_negatives="mined"))
+        mrl.mine_hard_negatives(None, None, samples[:2], MRLOptions(num_hard_negatives=2, hard_negatives="mined"), 32)
 
 
 def test_mined_options_are_checked():

@@ -188,8 +188,10 @@ class MRL(Objective):
     def prepare_trainer(self, trainer) -> None:
         options: MRLOptions = trainer.data_collator.options
         if options.hard_negatives == "mined":
+            # a batch that fits for training (with gradients) fits for the encoding pass
             trainer.train_dataset = mine_hard_negatives(trainer.model, trainer.data_collator.processor,
-                                                        list(trainer.train_dataset), options)
+                                                        list(trainer.train_dataset), options,
+                                                        trainer.args.per_device_train_batch_size)
         if options.learn_temperature:
             model = trainer.model
             device = next(model.parameters()).device
@@ -272,21 +274,20 @@ def target_rows(samples: list[RetrievalSample], gallery: list[Target]) -> torch.
 
 def encode_targets(model, processor, targets: list[Target], settings) -> torch.Tensor:
     """(N, H) embeddings in `targets` order: images (with their optional text) and text-only targets."""
-    images = [t for t in targets if t.image is not None]
-    texts = [t for t in targets if t.image is None]
-    embeddings = {}
-    if images:
-        encoded = encode_images(model, processor, [t.image for t in images], [t.text for t in images], settings)
-        embeddings.update(zip([id(t) for t in images], encoded))
-    if texts:  # text targets: the target instruction, no image
-        encoded = encode(model, processor, [t.text for t in texts], [None] * len(texts),
-                         settings.target_instruction, settings)
-        embeddings.update(zip([id(t) for t in texts], encoded))
-    return torch.stack([embeddings[id(t)] for t in targets])
+    image_at = [i for i, t in enumerate(targets) if t.image is not None]
+    text_at = [i for i, t in enumerate(targets) if t.image is None]
+    parts = []
+    if image_at:
+        parts.append(encode_images(model, processor, [targets[i].image for i in image_at],
+                                   [targets[i].text for i in image_at], settings))
+    if text_at:  # text targets: the target instruction, no image
+        parts.append(encode(model, processor, [targets[i].text for i in text_at], [None] * len(text_at),
+                            settings.target_instruction, settings))
+    return torch.cat(parts)[torch.tensor(image_at + text_at).argsort()]
 
 
 def mine_hard_negatives(model, processor, samples: list[RetrievalSample], options: MRLOptions,
-                        batch_size: int = 32) -> list[RetrievalSample]:
+                        batch_size: int) -> list[RetrievalSample]:
     """`samples` with `options.num_hard_negatives` mined negatives each: the training targets the
     model ranks highest for the query, skipping its own target and any candidate scoring above
     `mining_margin` x the positive's score (that close, it is often an unlabelled positive)."""
