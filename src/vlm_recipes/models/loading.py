@@ -8,6 +8,7 @@ Parameters are grouped in three parts by name, the same in the three HF Qwen-VL 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,7 +159,10 @@ def apply_stage(model, stage: StageConfig):
                          "/ lora.vision_modules")
     peft_cfg = PeftLoraConfig(r=stage.lora.r, lora_alpha=stage.lora.alpha, lora_dropout=stage.lora.dropout,
                               target_modules=targets, bias="none")
-    model = get_peft_model(model, peft_cfg)
+    with warnings.catch_warnings():
+        # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`; nothing a user can act on
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        model = get_peft_model(model, peft_cfg)
     # peft freezes every non-adapter weight: the parts this stage unfreezes train in full again
     for name, param in model.named_parameters():
         if ".lora_" not in name and not getattr(stage.freeze, part_of(name)) and param.dtype.is_floating_point:
