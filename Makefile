@@ -31,7 +31,7 @@ test-fast: install
 lock: install
 	$(PY) scripts/write_lock.py
 
-## base-model: rebuild the shipped tiny base checkpoints (deterministic; ~12 min each on 2 cores)
+## base-model: rebuild the shipped tiny base checkpoints (deterministic; ~20 min each on 2 cores)
 base-model: install
 	$(PY) scripts/build_base_model.py --family all
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build and pretrain the tiny base model(s) that ship in src/vlm_recipes/assets/.
 
-    python scripts/build_base_model.py --family qwen2-vl      # ~12 min on 2 CPU cores
+    python scripts/build_base_model.py --family qwen2-vl      # ~20 min on 2 CPU cores
     python scripts/build_base_model.py --family all
 
 Deterministic for a given seed and library versions. The result is a normal checkpoint
@@ -25,7 +25,7 @@ from vlm_recipes.models.pretrain import pretrain_base  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", default="qwen2-vl", help="qwen2-vl | qwen2.5-vl | qwen3-vl | all")
-    p.add_argument("--samples", type=int, default=32000, help="generated pretraining samples (one epoch)")
+    p.add_argument("--samples", type=int, default=64000, help="generated pretraining samples (one epoch; 4,000 steps of 16)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--aux-weight", type=float, default=1.0,
