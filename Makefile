@@ -31,9 +31,9 @@ test-fast: install
 lock: install
 	$(PY) scripts/write_lock.py
 
-## base-model: rebuild the shipped tiny base checkpoints (deterministic; ~20 min each on 2 cores)
+## base-model: rebuild the shipped tiny base checkpoint (deterministic; ~20 min on 2 cores)
 base-model: install
-	$(PY) scripts/build_base_model.py --family all
+	$(PY) scripts/build_base_model.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Build and pretrain the tiny base model(s) that ship in src/vlm_recipes/assets/.
 
-    python scripts/build_base_model.py --family qwen2-vl      # ~20 min on 2 CPU cores
+    python scripts/build_base_model.py                        # the shipped Qwen3-VL base, ~20 min on 2 CPU cores
+    python scripts/build_base_model.py --family qwen2-vl      # a tiny base of another family
     python scripts/build_base_model.py --family all
 
 Deterministic for a given seed and library versions. The result is a normal checkpoint
@@ -17,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from vlm_recipes.config import ModelConfig  # noqa: E402
 from vlm_recipes.families import FAMILIES, get_family  # noqa: E402
 from vlm_recipes.models.loading import tiny_base_path  # noqa: E402
 from vlm_recipes.models.pretrain import pretrain_base  # noqa: E402
@@ -24,7 +26,8 @@ from vlm_recipes.models.pretrain import pretrain_base  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--family", default="qwen2-vl", help="qwen2-vl | qwen2.5-vl | qwen3-vl | all")
+    p.add_argument("--family", default=ModelConfig.family,
+                   help="qwen2-vl | qwen2.5-vl | qwen3-vl | all (default: the embedded default family)")
     p.add_argument("--samples", type=int, default=64000, help="generated pretraining samples (one epoch; 4,000 steps of 16)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1.5e-3)

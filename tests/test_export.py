@@ -39,11 +39,14 @@ def test_merged_model_equals_base_plus_adapter(random_tiny_dirs, tmp_path, recip
     # the reference: the unquantized base with the adapter applied, NOT merged
     from peft import PeftModel
 
+    from vlm_recipes.models.loading import peft_quietly
+
     processor = load_processor(str(base_dir), ModelConfig())
     base = load_model(str(base_dir), ModelConfig(), QuantizationConfig(), "cpu")
     probe = probe_inputs(processor)
     base_logits = probe_logits(base, probe)
-    reference = probe_logits(PeftModel.from_pretrained(base, str(tmp_path / "run" / "model")), probe)
+    with peft_quietly():
+        reference = probe_logits(PeftModel.from_pretrained(base, str(tmp_path / "run" / "model")), probe)
 
     merged = load_model(str(tmp_path / "merged"), ModelConfig(), QuantizationConfig(), "cpu")
     merged_logits = probe_logits(merged, probe)

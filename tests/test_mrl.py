@@ -256,9 +256,13 @@ def test_grad_cache_replays_dropout_masks(random_tiny_dirs, tiny, monkeypatch):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
+    from vlm_recipes.models.loading import peft_quietly
+
     _, processor = tiny
     base = AutoModelForImageTextToText.from_pretrained(random_tiny_dirs["qwen3_vl"])
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules=["q_proj", "v_proj"]))
+    with peft_quietly():
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5,
+                                                target_modules=["q_proj", "v_proj"]))
     for name, param in model.named_parameters():  # start LoRA B away from zero so dropout matters
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.5)

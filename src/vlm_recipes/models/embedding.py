@@ -165,12 +165,16 @@ class Embedder:
 
         path = Path(path)
         if (path / "adapter_config.json").is_file():  # a run's LoRA output: base + adapter, merged
-            from peft import PeftModel
             import json
+
+            from peft import PeftModel
+
+            from .loading import peft_quietly
 
             base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
             model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32)
-            model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+            with peft_quietly():
+                model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
         elif (path / "config.json").is_file() or not path.exists():
             model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch.float32)
         else:

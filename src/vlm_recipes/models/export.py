@@ -24,7 +24,7 @@ import yaml
 
 from ..config import ModelConfig, QuantizationConfig, from_dict
 from ..errors import InputError
-from .loading import load_model, load_processor
+from .loading import load_model, load_processor, peft_quietly
 
 PROBE_PROMPT = "Locate the nutrition table in the image."
 
@@ -67,7 +67,9 @@ def load_merged(path: str | Path, device: str = "cpu", base: str | None = None):
     from peft import PeftModel
 
     adapter_dir, model_cfg, base, processor, model = _open(path, device, base)
-    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload(), processor, base
+    with peft_quietly():
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    return model.merge_and_unload(), processor, base
 
 
 def _open(path, device: str, base: str | None):
@@ -92,7 +94,8 @@ def merge_adapter(path: str | Path, output_dir: str | Path, device: str = "cpu",
     adapter_dir, model_cfg, base, processor, model = _open(path, device, base)
     probe = probe_inputs(processor)
     base_logits = probe_logits(model, probe)  # before peft injects the adapter into these modules
-    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    with peft_quietly():
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     merged_logits = probe_logits(model, probe)
     change = (merged_logits - base_logits).abs().max().item()
     if change == 0.0:

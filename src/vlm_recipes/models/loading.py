@@ -9,8 +9,10 @@ Parameters are grouped in three parts by name, the same in the three HF Qwen-VL 
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -141,6 +143,15 @@ class TrainableReport:
         return sum(self.trainable.values())
 
 
+@contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Around peft calls that wrap a model: peft 0.21 reads transformers' deprecated
+    `is_gradient_checkpointing`, a FutureWarning on every LoRA model that no user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def apply_stage(model, stage: StageConfig):
     """Freeze parts, add LoRA where the stage says; returns the (maybe peft-wrapped) model."""
     for name, param in model.named_parameters():
@@ -159,9 +170,7 @@ def apply_stage(model, stage: StageConfig):
                          "/ lora.vision_modules")
     peft_cfg = PeftLoraConfig(r=stage.lora.r, lora_alpha=stage.lora.alpha, lora_dropout=stage.lora.dropout,
                               target_modules=targets, bias="none")
-    with warnings.catch_warnings():
-        # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`; nothing a user can act on
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with peft_quietly():
         model = get_peft_model(model, peft_cfg)
     # peft freezes every non-adapter weight: the parts this stage unfreezes train in full again
     for name, param in model.named_parameters():
