@@ -39,7 +39,8 @@ def _needs_base():
 # 0.246 -> 0.530 (the full 12-epoch recipe reaches 0.650). r2 (50 steps: 0.359 -> 0.193, 60% of
 # answers parsed, loss 1.84 -> 1.44) and r3 (50 + 25 steps: 0.359 -> 0.270, 69% parsed, loss
 # 1.87 -> 1.10) keep the LLM frozen for all or part of the run: their short runs garble the
-# label of a third of the answers, so they are asserted on the falling loss only (DECISIONS D14).
+# label of a third of the answers, so they are asserted on the falling loss and on at least half
+# of the answers still parsing (DECISIONS D14).
 # The asserts sit below those figures, not at the targets.
 LOSS_FALLS_BY = {"r2-vision-only": 0.15, "r3-two-stage": 0.3, "r4-joint": 0.3}
 IOU_GAIN = {"r4-joint": 0.15}
@@ -55,8 +56,8 @@ def test_recipe_learns_the_task(tmp_path, recipe):
     assert losses[-1] <= (1 - LOSS_FALLS_BY[recipe]) * losses[0]
     if recipe in IOU_GAIN:
         assert tuned["mean_iou"] >= base["mean_iou"] + IOU_GAIN[recipe]
-    if recipe == "r4-joint":  # r2/r3: see above
-        assert tuned["detection_rate"] >= 0.9  # answers in the family's box format
+    # answers in the family's box format; r2/r3 garble some labels (see above)
+    assert tuned["detection_rate"] >= (0.9 if recipe == "r4-joint" else 0.5)
     assert tuned["n"] == base["n"] == 48
     assert json.loads((run_dir / "status.json").read_text()) == {"state": "complete"}
     for name in ("config.yaml", "run_info.json", "results.md", "loss.png", "predictions.png", "predictions.json"):

@@ -22,8 +22,8 @@ from transformers import TrainerCallback
 from ..data.retrieval import RetrievalSample, Target, load_retrieval_splits
 from ..errors import InputError
 from ..evaluation.retrieval import metrics_by_dim, write_retrieval_report
-from ..models.embedding import (QUERY_INSTRUCTION, TARGET_INSTRUCTION, EncodeSettings, embed, encode,
-                                encode_images, encode_texts, hidden_size, resolve_dims, tokenize, truncate)
+from ..models.embedding import (QUERY_INSTRUCTION, TARGET_INSTRUCTION, EncodeSettings, embed, encode, encode_texts,
+                                hidden_size, resolve_dims, tokenize, truncate)
 from ..training.grad_cache import cached_step, split_rows
 from ..training.trainer import DropOnTrainEnd
 from .base import Objective
@@ -273,17 +273,10 @@ def target_rows(samples: list[RetrievalSample], gallery: list[Target]) -> torch.
 
 
 def encode_targets(model, processor, targets: list[Target], settings) -> torch.Tensor:
-    """(N, H) embeddings in `targets` order: images (with their optional text) and text-only targets."""
-    image_at = [i for i, t in enumerate(targets) if t.image is not None]
-    text_at = [i for i, t in enumerate(targets) if t.image is None]
-    parts = []
-    if image_at:
-        parts.append(encode_images(model, processor, [targets[i].image for i in image_at],
-                                   [targets[i].text for i in image_at], settings))
-    if text_at:  # text targets: the target instruction, no image
-        parts.append(encode(model, processor, [targets[i].text for i in text_at], [None] * len(text_at),
-                            settings.target_instruction, settings))
-    return torch.cat(parts)[torch.tensor(image_at + text_at).argsort()]
+    """(N, H) embeddings in `targets` order: images (with their optional text) and text-only
+    targets, all with the target instruction (rows are padding-invariant, so they may share a batch)."""
+    return encode(model, processor, [t.text for t in targets], [t.image for t in targets],
+                  settings.target_instruction, settings)
 
 
 def mine_hard_negatives(model, processor, samples: list[RetrievalSample], options: MRLOptions,
