@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--aux-weight", type=float, default=1.0,
                    help="weight of the dense grounding loss on the vision tokens (0: answer tokens only)")
+    p.add_argument("--aliases", action="store_true",
+                   help="a quarter of prompts name the object by an alias that the answer repeats as its label "
+                        "(open-vocabulary labels; not in the shipped base, DECISIONS D16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-steps", type=int, default=0, help="keep a checkpoint every N steps (for inspection)")
     p.add_argument("--out", type=Path, help="output directory (default: the shipped asset path)")
@@ -42,11 +45,11 @@ def main(argv=None) -> int:
         out = args.out or tiny_base_path(family)
         start = time.time()
         log = pretrain_base(family, out, args.samples, args.epochs, args.lr, seed=args.seed,
-                            save_steps=args.save_steps, aux_weight=args.aux_weight)
+                            save_steps=args.save_steps, aux_weight=args.aux_weight, aliases=args.aliases)
         shutil.rmtree(out / "_trainer", ignore_errors=True)
         losses = [e["loss"] for e in log if "loss" in e]
         info = {"family": family.name, "samples": args.samples, "epochs": args.epochs, "lr": args.lr,
-                "aux_weight": args.aux_weight, "seed": args.seed, "seconds": round(time.time() - start),
+                "aux_weight": args.aux_weight, "aliases": args.aliases, "seed": args.seed, "seconds": round(time.time() - start),
                 "first_loss": losses[0], "final_loss": losses[-1]}
         (out / "pretraining.json").write_text(json.dumps(info, indent=2) + "\n")
         print(json.dumps(info))

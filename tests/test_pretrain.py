@@ -1,5 +1,6 @@
 """Pretraining the tiny base: its generic task, the dense auxiliary loss, the position-table init."""
 
+import json
 import random
 
 import numpy as np
@@ -9,8 +10,8 @@ from transformers import AutoModelForImageTextToText
 
 from vlm_recipes.data.synthetic import COLOURS, GENERIC, SHAPES, render_object_example
 from vlm_recipes.families import get_family
-from vlm_recipes.models.pretrain import (COLOUR_NAMES, HEAD_NAME, HEAD_OUTPUTS, KINDS, MAX_PIXELS, MIN_PIXELS,
-                                         DenseGroundingObjective,
+from vlm_recipes.models.pretrain import (ALIAS_WORDS, COLOUR_NAMES, HEAD_NAME, HEAD_OUTPUTS, HELD_OUT_LABELS,
+                                         KINDS, MAX_PIXELS, MIN_PIXELS, DenseGroundingObjective,
                                          ObjectsDataset, dense_targets, make_collator, pretrain_base)
 from vlm_recipes.models.tiny import build_tiny, sincos_position_table
 
@@ -31,6 +32,28 @@ def test_object_example_is_one_generic_object_fixed_by_the_seed():
         assert 0 <= x1 < x2 <= img.width and 0 <= y1 < y2 <= img.height
         assert x2 - x1 >= 5 and y2 - y1 >= 5
     assert len(kinds) >= 9 and len(colours) >= 8  # the draw covers kinds and colours, not favourites
+
+
+def _label(answer: str) -> str:
+    return json.loads(answer)[0]["label"]
+
+
+def test_aliases_are_asked_for_by_name_and_answered_verbatim():
+    samples = [ObjectsDataset(400, QWEN3, seed=3, aliases=True)[i] for i in range(400)]
+    kind_words = {w for name in KINDS + COLOUR_NAMES for w in name.split()}
+    assert not kind_words & set(ALIAS_WORDS)  # kind and colour labels always come from the image
+    aliased = 0
+    for s in samples:
+        label = _label(s.answer)
+        assert label not in HELD_OUT_LABELS
+        if label.split()[-1] not in kind_words:  # an alias: asked for by name, answered verbatim
+            aliased += 1
+            assert f" {label}" in s.prompt and set(label.split()) <= set(ALIAS_WORDS)
+        else:
+            assert label == f"{COLOUR_NAMES[s.colour]} {KINDS[s.kind]}".strip() if s.colour >= 0 else label == KINDS[s.kind]
+    assert 70 <= aliased <= 130  # about a quarter
+    plain = [ObjectsDataset(400, QWEN3, seed=3)[i] for i in range(400)]  # the shipped base's task
+    assert all(_label(s.answer).split()[-1] in kind_words for s in plain)
 
 
 def test_dense_targets_by_hand():

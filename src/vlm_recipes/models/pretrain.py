@@ -28,6 +28,16 @@ from ..training.trainer import DropOnTrainEnd, train_stage
 from .tiny import build_tiny, save_checkpoint
 
 GROUND_PROMPTS = ["Locate the {} in the image.", "Find the {}.", "Where is the {}?", "Detect the {}."]
+# Names a prompt may give the object instead of its kind, answered verbatim as the label: a
+# pretrained VLM names what it is asked for, so a recipe that freezes the language model (r2)
+# can still say a new label. Words the base knows, never a kind or colour word (those labels
+# come from the image); the task's own label phrase is never one of them. Off for the shipped
+# base (D16: measured, not shipped).
+ALIAS_WORDS = """picture photo sign card panel sticker logo badge chart grid list code stamp
+note print page sheet area region patch slot field window frame plate tag ticket notice table
+nutrition facts information energy protein sugar salt water milk flour brand ingredients
+organic natural total serving product package wrapper front back main side small large""".split()
+HELD_OUT_LABELS = {"nutrition table"}
 # Prompts that do not name the object: the answer's label must come from the image.
 DESCRIBE_PROMPTS = ["Detect the object in the image.", "What is in the image, and where?",
                     "Locate the main object."]
@@ -56,8 +66,8 @@ class ObjectSample:
 class ObjectsDataset:
     """Sample i is rendered on demand from its own seed: no images held in memory."""
 
-    def __init__(self, size: int, family: Family, seed: int):
-        self.size, self.family, self.seed = size, family, seed
+    def __init__(self, size: int, family: Family, seed: int, aliases: bool = False):
+        self.size, self.family, self.seed, self.aliases = size, family, seed, aliases
 
     def __len__(self) -> int:
         return self.size
@@ -69,13 +79,23 @@ class ObjectsDataset:
         image, kind, colour, box = render_object_example(rng)
         w, h = image.size
         label = f"{colour} {kind}".strip()
-        answer = format_answer([(label, box)], w, h, self.family, resized_size(w, h, self.family, MIN_PIXELS, MAX_PIXELS))
-        # a third of prompts name nothing, a third the kind, a third colour and kind: the label
-        # always names both, so the colour has to be read from the image
-        named = rng.choice(["", kind, label])
+        # prompts name nothing, the kind, or colour and kind: the label always names both, so the
+        # colour has to be read from the image. With aliases, a quarter name the object by an
+        # alias instead, which the answer repeats as its label (D16).
+        named = rng.choice(["", kind, label] + ([None] if self.aliases else []))
+        if named is None:
+            named = label = _alias(rng)
         prompt = rng.choice(GROUND_PROMPTS).format(named) if named else rng.choice(DESCRIBE_PROMPTS)
+        answer = format_answer([(label, box)], w, h, self.family, resized_size(w, h, self.family, MIN_PIXELS, MAX_PIXELS))
         return ObjectSample(image, prompt, answer, box, KINDS.index(kind),
                             COLOUR_NAMES.index(colour) if colour else IGNORE)
+
+
+def _alias(rng: random.Random) -> str:
+    while True:
+        alias = " ".join(rng.sample(ALIAS_WORDS, rng.choice([1, 2, 2])))
+        if alias not in HELD_OUT_LABELS:
+            return alias
 
 
 def dense_targets(box: Box, width: int, height: int, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +182,8 @@ def make_collator(processor, dense: bool):
 
 
 def pretrain_base(family: Family, out_dir: Path, num_samples: int, epochs: float, learning_rate: float,
-                  seed: int = 0, batch_size: int = 16, save_steps: int = 0, aux_weight: float = 1.0) -> list[dict]:
+                  seed: int = 0, batch_size: int = 16, save_steps: int = 0, aux_weight: float = 1.0,
+                  aliases: bool = False) -> list[dict]:
     """Build the tiny model, pretrain it on generic objects, save it with its processor to `out_dir`."""
     model, processor = build_tiny(family, MIN_PIXELS, MAX_PIXELS, seed=seed)
     stage = StageConfig(name="pretrain", freeze=FreezeConfig(vision=False, merger=False, llm=False),
@@ -173,7 +194,7 @@ def pretrain_base(family: Family, out_dir: Path, num_samples: int, epochs: float
                                                  "save_only_model": True} if save_steps else {}))
     objective = DenseGroundingObjective(aux_weight) if aux_weight > 0 else Objective()
     log = train_stage(model, stage, objective, make_collator(processor, dense=aux_weight > 0),
-                      ObjectsDataset(num_samples, family, seed),
+                      ObjectsDataset(num_samples, family, seed, aliases),
                       out_dir / "_trainer", seed=seed, bf16=False, use_cpu=True, report_to=[])
     save_checkpoint(model, processor, out_dir)
     return log
