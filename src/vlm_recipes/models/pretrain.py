@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from ..boxes import Box, format_answer, resized_size
-from ..config import FreezeConfig, StageConfig, TrainConfig
+from ..config import DataConfig, FreezeConfig, StageConfig, TrainConfig
 from ..data.chat import encode_for_training
 from ..data.synthetic import COLOURS, GENERIC, SHAPES, render_object_example
 from ..families import Family
@@ -37,7 +37,7 @@ ALIAS_WORDS = """picture photo sign card panel sticker logo badge chart grid lis
 note print page sheet area region patch slot field window frame plate tag ticket notice table
 nutrition facts information energy protein sugar salt water milk flour brand ingredients
 organic natural total serving product package wrapper front back main side small large""".split()
-HELD_OUT_LABELS = {"nutrition table"}
+HELD_OUT_LABELS = {DataConfig.label}  # the recipes' own task label, from its one definition
 # Prompts that do not name the object: the answer's label must come from the image.
 DESCRIBE_PROMPTS = ["Detect the object in the image.", "What is in the image, and where?",
                     "Locate the main object."]
