@@ -22,7 +22,7 @@ demo: install
 
 ## test: the whole suite (unit tests and end-to-end recipe runs on the tiny default)
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

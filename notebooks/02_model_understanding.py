@@ -93,8 +93,10 @@ pd.DataFrame([{"family": f.name, "patch": f.patch_size, "merge": f.merge_size,
 # %% [markdown]
 # ## What the pretrained base answers
 # It was pretrained to ground and name one generic object ("Locate the star." -> a box labelled
-# "red star"; shapes, framed boxes, text blocks, barcodes), never nutrition tables: it should
-# find and name the object, and for the nutrition table point at whatever stands out most.
+# "red star"; shapes, framed boxes, text blocks, barcodes), never nutrition tables. A quarter of
+# its prompts named the object by an alias that the answer repeats, so, like a real Qwen-VL, it
+# labels the answer with the name it is asked for. It should find and name the object, and for
+# the nutrition table say "nutrition table" and point at whatever stands out most.
 # Green: the truth, red: its answer.
 
 # %%

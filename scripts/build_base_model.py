@@ -33,9 +33,10 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--aux-weight", type=float, default=1.0,
                    help="weight of the dense grounding loss on the vision tokens (0: answer tokens only)")
-    p.add_argument("--aliases", action="store_true",
-                   help="a quarter of prompts name the object by an alias that the answer repeats as its label "
-                        "(open-vocabulary labels; not in the shipped base, DECISIONS D16)")
+    p.add_argument("--aliases", action=argparse.BooleanOptionalAction, default=True,
+                   help="a quarter of prompts name the object by an alias that the answer repeats as its label, "
+                        "so the base says names it is asked for (default on, as in the shipped base; "
+                        "--no-aliases: the earlier closed-vocabulary base; DECISIONS D16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-steps", type=int, default=0, help="keep a checkpoint every N steps (for inspection)")
     p.add_argument("--out", type=Path, help="output directory (default: the shipped asset path)")

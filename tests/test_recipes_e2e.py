@@ -35,14 +35,15 @@ def _needs_base():
     assert (tiny_base_path(get_family("qwen3_vl")) / "config.json").is_file(), "shipped tiny base missing"
 
 
-# Measured on the shipped base with these budgets: r4 (100 steps) loss 1.69 -> 0.83 and mean IoU
-# 0.246 -> 0.530 (the full 12-epoch recipe reaches 0.650). r2 (50 steps: 0.359 -> 0.193, 60% of
-# answers parsed, loss 1.84 -> 1.44) and r3 (50 + 25 steps: 0.359 -> 0.270, 69% parsed, loss
-# 1.87 -> 1.10) keep the LLM frozen for all or part of the run: their short runs garble the
-# label of a third of the answers, so they are asserted on the falling loss and on at least half
-# of the answers still parsing (DECISIONS D14).
+# Measured on the shipped base with these budgets (400 train images): r4 (100 steps) loss
+# 0.671 -> 0.544 and mean IoU 0.303 -> 0.500 (the full recipe reaches 0.667). The base already
+# answers in the task's format and words, so the loss starts low and mostly the box tokens are
+# left to learn. r2 (50 steps: loss 0.700 -> 0.600, 0.358 -> 0.262: the vision features move
+# before the boxes improve; the full 1,600 steps reach 0.624) and r3 (50 + 25 steps: loss
+# 0.700 -> 0.578, 0.358 -> 0.360) are asserted on the falling loss and on every answer still
+# parsing; only r4's short run is long enough to assert the IoU gain (DECISIONS D14, D17).
 # The asserts sit below those figures, not at the targets.
-LOSS_FALLS_BY = {"r2-vision-only": 0.15, "r3-two-stage": 0.3, "r4-joint": 0.3}
+LOSS_FALLS_BY = {"r2-vision-only": 0.1, "r3-two-stage": 0.12, "r4-joint": 0.12}
 IOU_GAIN = {"r4-joint": 0.15}
 
 
@@ -56,8 +57,7 @@ def test_recipe_learns_the_task(tmp_path, recipe):
     assert losses[-1] <= (1 - LOSS_FALLS_BY[recipe]) * losses[0]
     if recipe in IOU_GAIN:
         assert tuned["mean_iou"] >= base["mean_iou"] + IOU_GAIN[recipe]
-    # answers in the family's box format; r2/r3 garble some labels (see above)
-    assert tuned["detection_rate"] >= (0.9 if recipe == "r4-joint" else 0.5)
+    assert tuned["detection_rate"] >= 0.9  # answers in the family's box format (all 48 parsed)
     assert tuned["n"] == base["n"] == 48
     assert json.loads((run_dir / "status.json").read_text()) == {"state": "complete"}
     for name in ("config.yaml", "run_info.json", "results.md", "loss.png", "predictions.png", "predictions.json"):

@@ -66,7 +66,7 @@ class ObjectSample:
 class ObjectsDataset:
     """Sample i is rendered on demand from its own seed: no images held in memory."""
 
-    def __init__(self, size: int, family: Family, seed: int, aliases: bool = False):
+    def __init__(self, size: int, family: Family, seed: int, aliases: bool = True):
         self.size, self.family, self.seed, self.aliases = size, family, seed, aliases
 
     def __len__(self) -> int:
@@ -80,8 +80,9 @@ class ObjectsDataset:
         w, h = image.size
         label = f"{colour} {kind}".strip()
         # prompts name nothing, the kind, or colour and kind: the label always names both, so the
-        # colour has to be read from the image. With aliases, a quarter name the object by an
-        # alias instead, which the answer repeats as its label (D16).
+        # colour has to be read from the image. With aliases (the shipped base), a quarter name the
+        # object by an alias instead, which the answer repeats as its label, so that the base can
+        # say a task's label it never saw, as a real Qwen-VL does (D16).
         named = rng.choice(["", kind, label] + ([None] if self.aliases else []))
         if named is None:
             named = label = _alias(rng)
@@ -183,7 +184,7 @@ def make_collator(processor, dense: bool):
 
 def pretrain_base(family: Family, out_dir: Path, num_samples: int, epochs: float, learning_rate: float,
                   seed: int = 0, batch_size: int = 16, save_steps: int = 0, aux_weight: float = 1.0,
-                  aliases: bool = False) -> list[dict]:
+                  aliases: bool = True) -> list[dict]:
     """Build the tiny model, pretrain it on generic objects, save it with its processor to `out_dir`."""
     model, processor = build_tiny(family, MIN_PIXELS, MAX_PIXELS, seed=seed)
     stage = StageConfig(name="pretrain", freeze=FreezeConfig(vision=False, merger=False, llm=False),
