@@ -134,8 +134,8 @@ class DataConfig:
     """"synthetic" (generated here), a hub id such as openfoodfacts/nutrition-table-detection,
     a directory saved by datasets, or parquet file(s) in that schema."""
     num_train: int = 3200
-    """Rows generated for the synthetic train split (ignored for real datasets). Generated rows are
-    free and the recipes were data-limited at 800 (more epochs overfit; DECISIONS D17)."""
+    """Rows generated for the synthetic train split (ignored for real datasets). A row costs about
+    15 ms to render, and the recipes were data-limited at 800 (more epochs overfit; DECISIONS D17)."""
     num_test: int = 100
     max_train: int | None = None
     """Use at most this many train rows (None: all)."""
