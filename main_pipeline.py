@@ -32,17 +32,14 @@
 # %%
 import json
 import os
-import sys
 from pathlib import Path
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
-sys.path.insert(0, str(ROOT / "src"))  # works without `pip install -e .` too
 
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
-from vlm_recipes.cli.train import prepare_output_dir
 from vlm_recipes.config import QuantizationConfig, available_recipes, load_recipe
 from vlm_recipes.data.chat import IGNORE_INDEX, encode_for_training, prompt_text
 from vlm_recipes.data.detection import load_detection_splits
@@ -50,12 +47,11 @@ from vlm_recipes.evaluation.detection import box_iou, detection_metrics
 from vlm_recipes.evaluation.generation import predict_boxes
 from vlm_recipes.evaluation.leaderboard import leaderboard_for, plot_leaderboard, to_markdown
 from vlm_recipes.evaluation.plots import plot_box_grid
-from vlm_recipes.evaluation.report import detection_table
+from vlm_recipes.evaluation.answers import detection_table
 from vlm_recipes.models.export import merge_adapter
-from vlm_recipes.models.loading import (load_model, load_processor, model_family, resolve_model_path,
-                                        stage_reports)
+from vlm_recipes.models.loading import load_model, load_processor, open_base, stage_reports
 from vlm_recipes.models.tiny import build_tiny
-from vlm_recipes.objectives.sft import answer_for
+from vlm_recipes.objectives.grounding import answer_for
 from vlm_recipes.training.run import run_recipe
 
 # %matplotlib inline
@@ -76,9 +72,8 @@ QUICK = BASE + ["train.max_steps=40", "data.num_train=320", "data.num_test=16", 
 
 # %%
 recipe = load_recipe("r4-joint", QUICK)
-base_path = resolve_model_path(recipe.model)
-processor = load_processor(base_path, recipe.model)
-family = model_family(base_path, recipe.model)
+base = open_base(recipe.model)
+base_path, processor, family = base.path, base.processor, base.family
 base_model = load_model(base_path, recipe.model, QuantizationConfig(), "cpu")
 print(f"base: {base_path}\nfamily: {family}\nclass: {type(base_model).__name__}, "
       f"{sum(p.numel() for p in base_model.parameters()):,} parameters")
@@ -145,7 +140,7 @@ pd.DataFrame(rows)
 
 # %%
 sample = data["train"][0]
-answer = answer_for(sample, family, recipe, processor)
+answer = answer_for(sample, family, recipe.data.label, processor)
 print(prompt_text(processor, recipe.data.prompt) + answer)
 batch = encode_for_training(processor, [sample.image], [recipe.data.prompt], [answer])
 ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
@@ -168,9 +163,10 @@ pd.DataFrame({"token": [processor.tokenizer.decode([i]) for i in ids[start:]], "
 # vision and LLM), cut to 40 steps.
 
 # %%
-r4_dir = prepare_output_dir(RUNS / "r4-joint", recipe.name, overwrite=True)
-r4_metrics = run_recipe(recipe, r4_dir, device="cpu")
-display(Markdown((r4_dir / "results.md").read_text().split("\n\n![")[0]))
+r4_dir = RUNS / "r4-joint"
+r4 = run_recipe(recipe, r4_dir, device="cpu")  # RunResult: run_dir, metrics (metrics.json), summary
+r4_metrics = r4.metrics
+display(Markdown(r4.summary))
 display(Image(r4_dir / "loss.png"))
 
 # %% [markdown]
@@ -203,8 +199,8 @@ from vlm_recipes.evaluation.retrieval import plot_recall_vs_dim
 
 mrl_recipe = load_recipe("mrl", BASE + ["train.max_steps=15", "data.num_train=240", "data.num_test=64",
                                         "train.per_device_train_batch_size=16"])
-mrl_dir = prepare_output_dir(RUNS / "mrl", mrl_recipe.name, overwrite=True)
-mrl_metrics = run_recipe(mrl_recipe, mrl_dir, device="cpu")
+mrl_dir = RUNS / "mrl"
+mrl_metrics = run_recipe(mrl_recipe, mrl_dir, device="cpu").metrics
 recall = {f"{model} {direction}": {int(d): v["recall@1"] for d, v in mrl_metrics[model][direction].items()}
           for model in ("base", "finetuned") for direction in ("t2i", "i2t")}
 display(pd.DataFrame(recall).rename_axis("dim"))

@@ -21,11 +21,9 @@
 
 # %%
 import os
-import sys
 from pathlib import Path
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
-sys.path.insert(0, str(ROOT / "src"))  # works without `pip install -e .` too
 
 import matplotlib.pyplot as plt
 import pandas as pd

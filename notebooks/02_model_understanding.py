@@ -22,11 +22,9 @@
 # %%
 import os
 import random
-import sys
 from pathlib import Path
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
-sys.path.insert(0, str(ROOT / "src"))  # works without `pip install -e .` too
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -38,15 +36,14 @@ from vlm_recipes.data.chat import resized_image_size
 from vlm_recipes.data.synthetic import render_nutrition_example, render_object_example
 from vlm_recipes.evaluation.generation import generate_texts
 from vlm_recipes.families import FAMILIES
-from vlm_recipes.models.loading import load_model, load_processor, model_family, resolve_model_path, trainable_report
+from vlm_recipes.models.loading import load_model, open_base, trainable_report
 
 # %matplotlib inline
 
 CFG = ModelConfig(name_or_path=os.environ.get("VLM_RECIPES_MODEL", "tiny"),
                   family=os.environ.get("VLM_RECIPES_FAMILY", "qwen3_vl"))
-path = resolve_model_path(CFG)
-processor = load_processor(path, CFG)
-family = model_family(path, CFG)
+base = open_base(CFG)
+path, processor, family = base.path, base.processor, base.family
 model = load_model(path, CFG, QuantizationConfig(), "cpu")
 print(type(model).__name__, "from", path)
 

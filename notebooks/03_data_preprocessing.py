@@ -21,11 +21,9 @@
 
 # %%
 import os
-import sys
 from pathlib import Path
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
-sys.path.insert(0, str(ROOT / "src"))  # works without `pip install -e .` too
 
 import pandas as pd
 
@@ -34,17 +32,16 @@ from vlm_recipes.config import load_recipe
 from vlm_recipes.data.chat import IGNORE_INDEX, encode_for_training, prompt_text
 from vlm_recipes.data.detection import load_detection_splits
 from vlm_recipes.errors import InputError
-from vlm_recipes.models.loading import load_processor, model_family, resolve_model_path
-from vlm_recipes.objectives.sft import answer_for
+from vlm_recipes.models.loading import open_base
+from vlm_recipes.objectives.grounding import answer_for
 
 recipe = load_recipe("r4-joint", [f"model.name_or_path={os.environ.get('VLM_RECIPES_MODEL', 'tiny')}",
                                   f"model.family={os.environ.get('VLM_RECIPES_FAMILY', 'qwen3_vl')}"])
-path = resolve_model_path(recipe.model)
-processor = load_processor(path, recipe.model)
-family = model_family(path, recipe.model)
+base = open_base(recipe.model)
+processor, family = base.processor, base.family
 tokenizer = processor.tokenizer
 samples = load_detection_splits("synthetic", num_train=4, num_test=1)["train"]
-answers = [answer_for(s, family, recipe, processor) for s in samples]
+answers = [answer_for(s, family, recipe.data.label, processor) for s in samples]
 
 # %% [markdown]
 # ## The chat template

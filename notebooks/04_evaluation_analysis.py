@@ -23,17 +23,14 @@
 # %%
 import json
 import os
-import sys
 from pathlib import Path
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
-sys.path.insert(0, str(ROOT / "src"))  # works without `pip install -e .` too
 
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
-from vlm_recipes.cli.train import prepare_output_dir
 from vlm_recipes.config import load_recipe
 from vlm_recipes.data.detection import load_detection_splits
 from vlm_recipes.evaluation.detection import box_iou, detection_metrics
@@ -74,9 +71,8 @@ print(f"AP50 with the right box most confident: {good_first:.3f}; least confiden
 
 # %%
 recipe = load_recipe("r1-llm-only", BASE + ["train.max_steps=60", "data.num_train=320", "data.num_test=24"])
-run_dir = prepare_output_dir(OUT / recipe.name, recipe.name, overwrite=True)
-run_recipe(recipe, run_dir, device="cpu")
-display(Markdown((run_dir / "results.md").read_text().split("\n\n![")[0]))
+run_dir = OUT / recipe.name
+display(Markdown(run_recipe(recipe, run_dir, device="cpu").summary))
 
 # %%
 test = load_detection_splits("synthetic", num_train=1, num_test=recipe.data.num_test, seed=recipe.seed)["test"]

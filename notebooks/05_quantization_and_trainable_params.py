@@ -21,11 +21,9 @@
 
 # %%
 import os
-import sys
 from pathlib import Path
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
-sys.path.insert(0, str(ROOT / "src"))  # works without `pip install -e .` too
 
 from collections import Counter
 
@@ -37,15 +35,13 @@ from vlm_recipes.data.detection import load_detection_splits
 from vlm_recipes.evaluation.detection import detection_metrics
 from vlm_recipes.evaluation.generation import predict_boxes
 from vlm_recipes.models.export import probe_inputs, probe_logits
-from vlm_recipes.models.loading import (load_model, load_processor, model_family, pick_dtype, resolve_model_path,
-                                        stage_reports)
+from vlm_recipes.models.loading import load_model, open_base, pick_dtype, stage_reports
 
 BASE = [f"model.name_or_path={os.environ.get('VLM_RECIPES_MODEL', 'tiny')}",
         f"model.family={os.environ.get('VLM_RECIPES_FAMILY', 'qwen3_vl')}"]
 cfg = load_recipe("r4-joint", BASE).model
-path = resolve_model_path(cfg)
-processor = load_processor(path, cfg)
-family = model_family(path, cfg)
+base = open_base(cfg)
+path, processor, family = base.path, base.processor, base.family
 
 # %% [markdown]
 # ## Every recipe's stages

@@ -23,18 +23,15 @@
 
 # %%
 import os
-import sys
 from pathlib import Path
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
-sys.path.insert(0, str(ROOT / "src"))  # works without `pip install -e .` too
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from IPython.display import Image, Markdown, display
 
-from vlm_recipes.cli.train import prepare_output_dir
 from vlm_recipes.config import load_recipe
 from vlm_recipes.training.run import run_recipe
 
@@ -71,12 +68,12 @@ plt.show()
 from vlm_recipes.config import QuantizationConfig
 from vlm_recipes.evaluation.retrieval import metrics_by_dim
 from vlm_recipes.models.embedding import default_dims, encode_images, encode_texts, hidden_size, truncate
-from vlm_recipes.models.loading import load_model, load_processor, resolve_model_path
+from vlm_recipes.models.loading import load_model, open_base
 
 recipe = load_recipe("mrl", BASE)
-path = resolve_model_path(recipe.model)
-processor = load_processor(path, recipe.model)
-base = load_model(path, recipe.model, QuantizationConfig(), "cpu")
+opened = open_base(recipe.model)  # path, processor (pixel budget), family
+processor = opened.processor
+base = load_model(opened.path, recipe.model, QuantizationConfig(), "cpu")
 test = data["test"]
 queries = encode_texts(base, processor, [s.query for s in test])  # (32, hidden)
 gallery = encode_images(base, processor, [s.target.image for s in test])  # (32, hidden)
@@ -99,8 +96,9 @@ plt.show()
 # %%
 recipe = load_recipe("mrl", BASE + ["train.max_steps=20", "data.num_train=320", "data.num_test=64",
                                     "train.per_device_train_batch_size=16"])
-run_dir = prepare_output_dir(OUT / "mrl", recipe.name, overwrite=True)
-metrics = run_recipe(recipe, run_dir, device="cpu")
-display(Markdown((run_dir / "results.md").read_text().split("\n\n![")[0]))
+run_dir = OUT / "mrl"
+result = run_recipe(recipe, run_dir, device="cpu")
+metrics = result.metrics
+display(Markdown(result.summary))
 display(Image(run_dir / "recall_vs_dim.png"))
 display(Image(run_dir / "retrievals.png"))

@@ -22,34 +22,30 @@
 
 # %%
 import os
-import sys
 import time
 from pathlib import Path
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
-sys.path.insert(0, str(ROOT / "src"))  # works without `pip install -e .` too
 
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from vlm_recipes.cli.train import prepare_output_dir
 from vlm_recipes.config import load_recipe
 from vlm_recipes.data.detection import load_detection_splits
-from vlm_recipes.models.loading import load_processor, model_family, resolve_model_path
-from vlm_recipes.objectives.sft import answer_for
+from vlm_recipes.models.loading import open_base
+from vlm_recipes.objectives.grounding import answer_for
 from vlm_recipes.training.run import run_recipe
 
 BASE = [f"model.name_or_path={os.environ.get('VLM_RECIPES_MODEL', 'tiny')}",
         f"model.family={os.environ.get('VLM_RECIPES_FAMILY', 'qwen3_vl')}"]
 OUT = ROOT / "runs" / "notebooks" / "07_diffusion_decoding"
 recipe = load_recipe("r4-joint", BASE)  # any detection recipe: only its model and prompt are used here
-path = resolve_model_path(recipe.model)
-processor = load_processor(path, recipe.model)
-family = model_family(path, recipe.model)
+base = open_base(recipe.model)
+processor, family = base.processor, base.family
 tokenizer = processor.tokenizer
 sample = load_detection_splits("synthetic", num_train=1, num_test=1)["test"][0]
-answer = answer_for(sample, family, recipe, processor)
+answer = answer_for(sample, family, recipe.data.label, processor)
 
 
 def show(ids) -> str:
@@ -102,25 +98,25 @@ for remasking, block in (("low_confidence", len(target)), ("random", len(target)
 # %%
 from vlm_recipes.models.export import load_merged
 from vlm_recipes.evaluation.diffusion_decoding import diffusion_generate
-from vlm_recipes.objectives.mdlm import OBJECTIVE, as_chat, score_answers
+from vlm_recipes.evaluation.answers import score_answers
+from vlm_recipes.objectives.mdlm import as_chat
 
 diffusion = load_recipe("diffusion", BASE + ["train.max_steps=30", "data.num_train=240", "data.num_test=8"])
-run_dir = prepare_output_dir(OUT / "diffusion", diffusion.name, overwrite=True)
-run_recipe(diffusion, run_dir, device="cpu")
-display(Markdown((run_dir / "results.md").read_text().split("\n\n![")[0]))
+run_dir = OUT / "diffusion"
+display(Markdown(run_recipe(diffusion, run_dir, device="cpu").summary))
 
 # %%
 model, merged_processor, _ = load_merged(run_dir)
 test = load_detection_splits("synthetic", num_train=1, num_test=8, seed=diffusion.seed)["test"]
-chats = [as_chat(s, family, diffusion, merged_processor) for s in test]
-options = OBJECTIVE.options(diffusion)  # the recipe's canvas, remasking and logit alignment
+chats = [as_chat(s, family, diffusion.data, merged_processor) for s in test]
+options = diffusion.objective.options  # the recipe's canvas, remasking and logit alignment
 canvas = options.canvas_length
 rows = []
 for steps in (canvas, canvas // 4, canvas // 16):
     start = time.time()
     texts, scores = diffusion_generate(model, merged_processor, chats, canvas, steps, canvas, options.remasking,
                                        options.temperature, shift_logits=options.shift_logits)
-    metrics = score_answers(test, texts, scores, family, merged_processor)["metrics"]
+    metrics = score_answers(test, texts, scores, family, merged_processor).metrics
     rows.append({"steps": steps, "tokens per step": canvas // steps, "seconds": round(time.time() - start, 2),
                  "mean IoU": metrics["mean_iou"], "detection rate": metrics["detection_rate"],
                  "first answer": texts[0]})

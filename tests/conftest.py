@@ -1,7 +1,7 @@
 import pytest
 
 from vlm_recipes.families import get_family
-from vlm_recipes.models.pretrain import MAX_PIXELS, MIN_PIXELS
+from vlm_recipes.data.objects import MAX_PIXELS, MIN_PIXELS
 from vlm_recipes.models.tiny import build_tiny, save_checkpoint
 
 

@@ -1,3 +1,5 @@
+import io
+import json
 import random
 from pathlib import Path
 
@@ -7,8 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Features, List, Value
 from datasets import Image as ImageFeature
+from PIL import Image
 
+from vlm_recipes.config import DataConfig
+from vlm_recipes.data import load_splits
 from vlm_recipes.data.detection import load_detection_splits
+from vlm_recipes.data.messages import open_messages_source
+from vlm_recipes.data.retrieval import synthetic_gallery
+from vlm_recipes.data.sources import TEST_FALLBACKS, decode_image, resolve_split
 from vlm_recipes.data.synthetic import make_nutrition_dataset, render_nutrition_example
 from vlm_recipes.errors import InputError
 
@@ -207,3 +215,112 @@ def test_hub_failure_says_to_pass_a_local_path(monkeypatch):
     msg = str(err.value)
     assert "openfoodfacts/nutrition-table-detection could not be loaded" in msg
     assert "ConnectionError: Couldn't reach the hub" in msg and "local path" in msg and "\n" not in msg
+
+
+# --- one source layer: slices, the test fallback, the image decoder, file formats --------------
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def _chat_row(i: int) -> dict:
+    return {"messages": [{"role": "user", "content": f"Find {i}."},
+                         {"role": "assistant", "content": f"box {i}"}]}
+
+
+@pytest.mark.parametrize("kind", ["detection", "retrieval", "chat"])
+def test_slice_spec_limits_every_kind(kind):
+    splits = load_splits(DataConfig(dataset="synthetic[train:8,test:2]"), kind, seed=3)
+    assert (len(splits["train"]), len(splits["test"])) == (8, 2)
+
+
+def test_slice_spec_equals_max_rows_and_overrides_them():
+    sliced = load_splits(DataConfig(dataset=f"{FIXTURE}[train:2,test:1]", max_train=3), "detection", seed=1)
+    plain = load_detection_splits(str(FIXTURE), max_train=2, max_test=1, seed=1)
+    assert [s.image_id for s in sliced["train"] + sliced["test"]] == [s.image_id for s in plain["train"] + plain["test"]]
+    chat = load_splits(DataConfig(dataset=str(FIXTURE)), "chat", seed=0)  # no messages column: detection rows
+    assert [s.box for s in chat["test"]] == [s.box for s in load_detection_splits(str(FIXTURE))["test"]]
+    with pytest.raises(InputError, match="bad slice"):
+        load_splits(DataConfig(dataset="synthetic[dev:2]"), "retrieval", seed=0)
+
+
+def test_the_one_test_fallback():
+    assert resolve_split({"train": [], "val": [], "validation": []}, "test") == "val"
+    assert resolve_split({"validation": [], "test": []}, "test") == "test"
+    assert resolve_split({"validation": []}, "test") == "validation"
+    assert resolve_split({"val": []}, "train") is None  # only "test" falls back
+    assert TEST_FALLBACKS == ("test", "val", "validation")
+
+
+def test_jsonl_directory_for_chat_and_retrieval(tmp_path):
+    _jsonl(tmp_path / "train.jsonl", [_chat_row(i) for i in range(3)])
+    _jsonl(tmp_path / "validation.jsonl", [_chat_row(9)])
+    chat = load_splits(DataConfig(dataset=f"{tmp_path}[train:2]"), "chat", seed=0)
+    assert [s.answer for s in chat["train"]] == ["box 0", "box 1"] and chat["test"][0].image_id == "validation-0"
+    assert chat["train"][0].messages == [{"role": "user", "content": [{"type": "text", "text": "Find 0."}]}]
+    gallery = synthetic_gallery(1, 0)
+    gallery[0].target.image.save(tmp_path / "a.png")
+    rows = [{"query": "one", "target": "a.png"}, {"query": "two", "target": "some text"}]
+    _jsonl(tmp_path / "pairs.jsonl", rows * 2)  # alone and not train.jsonl: the last num_test rows are the test
+    splits = load_splits(DataConfig(dataset=str(tmp_path / "pairs.jsonl"), num_test=1), "retrieval", seed=0)
+    assert [s.query for s in splits["train"]] == ["one", "two", "one"] and splits["test"][0].target.text == "some text"
+    assert splits["train"][0].target.image.size == gallery[0].target.image.size
+
+
+def test_json_list_file_and_bad_json_name_the_line(tmp_path):
+    (tmp_path / "train.json").write_text(json.dumps([_chat_row(0), _chat_row(1)]))
+    (tmp_path / "test.json").write_text(json.dumps([_chat_row(2)]))
+    chat = load_splits(DataConfig(dataset=str(tmp_path / "train.json")), "chat", seed=0)  # brings test.json
+    assert [s.answer for s in chat["train"] + chat["test"]] == ["box 0", "box 1", "box 2"]
+    (tmp_path / "bad.jsonl").write_text('{"query": "q"}\n\n{"query": \n')
+    with pytest.raises(InputError, match=r"bad.jsonl:3 is not valid JSON"):
+        load_splits(DataConfig(dataset=str(tmp_path / "bad.jsonl")), "retrieval", seed=0)
+
+
+def test_parquet_for_chat_and_retrieval(tmp_path):
+    images = [{"bytes": _png((30 + i, 20)), "path": None} for i in range(3)]
+    rows = [dict(_chat_row(i), image=images[i]) for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows[:2]), tmp_path / "train-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[2:]), tmp_path / "val-00000-of-00001.parquet")
+    chat = load_splits(DataConfig(dataset=str(tmp_path)), "chat", seed=0)
+    assert [s.images[0].size for s in chat["train"] + chat["test"]] == [(30, 20), (31, 20), (32, 20)]
+    assert chat["train"][0].messages[0]["content"][0] == {"type": "image"}  # image part added
+    assert open_messages_source(str(FIXTURE)) is None and open_messages_source("synthetic") is None
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    pq.write_table(pa.Table.from_pylist([{"query": "q", "target": images[0]}] * 2), pairs / "train-0.parquet")
+    pq.write_table(pa.Table.from_pylist([{"query": "r", "target": "a text"}]), pairs / "test-0.parquet")
+    splits = load_splits(DataConfig(dataset=str(pairs)), "retrieval", seed=0)
+    first, second = splits["train"]
+    assert first.target.image.size == (30, 20) and first.target.key != second.target.key  # one item per row
+    assert splits["test"][0].target.text == "a text"
+
+
+def _png(size, mode="RGB", orientation=None) -> bytes:
+    buf = io.BytesIO()
+    image = Image.new(mode, size)
+    exif = image.getexif()
+    if orientation:
+        exif[0x0112] = orientation
+    image.save(buf, "JPEG" if orientation else "PNG", exif=exif)
+    return buf.getvalue()
+
+
+def test_one_decoder_for_every_form(tmp_path):
+    (tmp_path / "a.png").write_bytes(_png((7, 5), "L"))
+    for value in (_png((7, 5)), {"bytes": _png((7, 5)), "path": None}, {"bytes": None, "path": str(tmp_path / "a.png")},
+                  str(tmp_path / "a.png"), Image.new("P", (7, 5))):
+        image = decode_image(value, "row 0")
+        assert (image.mode, image.size) == ("RGB", (7, 5))
+    rotated = _png((7, 5), orientation=6)  # EXIF: turn 90 degrees to see it upright
+    assert decode_image({"bytes": rotated, "path": None}, "row 0").size == (5, 7)  # as datasets decodes it
+    assert decode_image(rotated, "row 0").size == (7, 5)
+    assert decode_image(rotated, "row 0", size=(5, 7)).size == (5, 7)  # the size columns decide
+    assert decode_image(rotated, "row 0", size=(None, None)).size == (7, 5)
+
+
+@pytest.mark.parametrize("value", [b"not an image", {"bytes": None, "path": None}, None, "/no/such.png"])
+def test_decoder_error_is_one_line_naming_the_row(value):
+    with pytest.raises(InputError, match=r"^unreadable image in row 4 of split 'x': .+; fix or drop the row$") as err:
+        decode_image(value, "row 4 of split 'x'")
+    assert "\n" not in str(err.value)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vlm_recipes.config import load_recipe
+from vlm_recipes.config import MDLMOptions, load_recipe
 from vlm_recipes.data.chat import user_messages
 from vlm_recipes.data.messages import ChatSample, parse_split_spec
 from vlm_recipes.errors import InputError
@@ -23,7 +23,8 @@ from vlm_recipes.evaluation.diffusion_decoding import commit_schedule, diffusion
 from vlm_recipes.evaluation.generation import generate_texts
 from vlm_recipes.models.attention import bidirectional_attention, is_bidirectional, language_model
 from vlm_recipes.models.loading import apply_stage, load_model, load_processor, part_of, trainable_report
-from vlm_recipes.objectives.mdlm import OBJECTIVE, MDLMOptions, encode_training_batch, mask_tokens, mdlm_loss, sample_t
+from vlm_recipes.objectives import build_objective
+from vlm_recipes.objectives.mdlm import encode_training_batch, mask_tokens, mdlm_loss, sample_t
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 MASK = "<|mask|>"
@@ -35,6 +36,12 @@ def _model(random_tiny_dirs, family, attn="sdpa"):
     path = str(random_tiny_dirs[family])
     model = load_model(path, recipe.model, recipe.stages[0].quantization, "cpu").eval()
     return model, load_processor(path, recipe.model)
+
+
+def _objective(processor, family="qwen3_vl"):
+    from vlm_recipes.families import get_family
+
+    return build_objective(load_recipe("diffusion"), processor, get_family(family))
 
 
 def _chats(sizes=((200, 170), (256, 160), (160, 224)), answer=ANSWER):
@@ -80,7 +87,7 @@ def test_objective_loss_equals_the_formula_on_a_real_batch(random_tiny_dirs, shi
     model, processor = _model(random_tiny_dirs, "qwen3_vl")
     options = MDLMOptions(canvas_length=48, shift_logits=shift)
     batch = encode_training_batch(processor, _chats(), options, generator=torch.Generator().manual_seed(3))
-    loss = OBJECTIVE.compute_loss(model, batch).item()
+    loss = _objective(processor).compute_loss(model, batch).item()
 
     mask_id = processor.tokenizer.convert_tokens_to_ids(MASK)
     clean = batch["targets"] if not shift else torch.cat([batch["targets"][:, :1], batch["targets"][:, :-1]], 1)
@@ -103,9 +110,10 @@ def test_accumulation_equals_the_bigger_batch(random_tiny_dirs):
     model, processor = _model(random_tiny_dirs, "qwen2_vl")
     batch = encode_training_batch(processor, _chats(), MDLMOptions(canvas_length=48),
                                   generator=torch.Generator().manual_seed(1))
+    objective = _objective(processor)
     with torch.no_grad():
-        whole = OBJECTIVE.compute_loss(model, batch).item()
-        rows = [OBJECTIVE.compute_loss(model, _row(batch, i)).item() for i in range(3)]
+        whole = objective.compute_loss(model, batch).item()
+        rows = [objective.compute_loss(model, _row(batch, i)).item() for i in range(3)]
     assert whole == pytest.approx(sum(rows) / 3, rel=1e-4)
 
 
@@ -246,7 +254,7 @@ def test_gradient_checkpointing_recomputes_bidirectionally(random_tiny_dirs):
         model.zero_grad()
         if checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        OBJECTIVE.compute_loss(model, batch).backward()
+        _objective(processor).compute_loss(model, batch).backward()
         return model.model.language_model.layers[0].self_attn.q_proj.weight.grad.clone()
 
     plain = grads(False)
@@ -345,7 +353,7 @@ def test_recipe_defaults():
     assert recipe.model.family == "qwen3_vl" and recipe.objective.name == "mdlm"
     assert stage.lora.targets == "llm" and (stage.lora.r, stage.lora.alpha, stage.lora.dropout) == (16, 32, 0.05)
     assert stage.freeze.vision and stage.freeze.merger
-    options = OBJECTIVE.options(recipe)
+    options = recipe.objective.options
     assert options.mask_prompt_loss and options.remasking == "low_confidence"
     with pytest.raises(InputError, match="block_length"):
         load_recipe("diffusion", ["objective.options.block_length=5"])
@@ -392,19 +400,19 @@ def test_messages_dataset_trains_and_scores(random_tiny_dirs, tmp_path):
     recipe = load_recipe("diffusion", [f"data.dataset={tmp_path / 'd'}[train:3,test:2]",
                                       f"model.name_or_path={random_tiny_dirs['qwen3_vl']}", "eval.batch_size=2",
                                       "objective.options.canvas_length=48"])
-    data = OBJECTIVE.load_data(recipe)
-    assert [len(data["train"]), len(data["test"])] == [3, 2]
-    assert data["train"][0].answer == ANSWER and len(data["train"][0].images) == 1
     model, processor = _model(random_tiny_dirs, "qwen3_vl")
     from vlm_recipes.families import get_family
 
-    family = get_family("qwen3_vl")
-    batch = OBJECTIVE.make_collator(processor, family, recipe)(data["train"])
+    objective = build_objective(recipe, processor, get_family("qwen3_vl"))
+    data = objective.load_data()
+    assert [len(data["train"]), len(data["test"])] == [3, 2]
+    assert data["train"][0].answer == ANSWER and len(data["train"][0].images) == 1
+    batch = objective.collate(data["train"])
     assert batch["input_ids"].shape[0] == 3
-    result = OBJECTIVE.evaluate(model, processor, family, recipe, data["test"], desc="test")
-    assert set(result["metrics"]) >= {"mean_iou", "ap", "n"} and result["metrics"]["n"] == 2
-    assert result["predictions"][0]["target"] == pytest.approx([1.0, 9.6, 140.0, 128.0])
-    json.dumps(result)
+    result = objective.evaluator().evaluate(model, data["test"], desc="test")
+    assert set(result.metrics) >= {"mean_iou", "ap", "n"} and result.metrics["n"] == 2
+    assert result.predictions[0]["target"] == pytest.approx([1.0, 9.6, 140.0, 128.0])
+    json.dumps([result.metrics, result.predictions])
 
 
 # --- end to end ----------------------------------------------------------------------------------------------

@@ -16,15 +16,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlm_recipes.config import load_recipe
+import dataclasses
+
+from vlm_recipes.config import MRLOptions, ObjectiveConfig, load_recipe
 from vlm_recipes.data.retrieval import (Scene, SyntheticRetrieval, load_retrieval_splits, one_attribute_change,
                                         random_scene, synthetic_gallery)
 from vlm_recipes.errors import InputError
 from vlm_recipes.evaluation.retrieval import retrieval_metrics
-from vlm_recipes.models.embedding import default_dims, embed, pool, tokenize, truncate
-from vlm_recipes.objectives.mrl import OBJECTIVE, MRLCollator, MRLOptions, group_inputs, matryoshka_info_nce
-from vlm_recipes.training import grad_cache
-from vlm_recipes.training.grad_cache import cached_step, split_rows
+from vlm_recipes.models.embedding import EncodeSettings, default_dims, embed, pool, tokenize, truncate
+from vlm_recipes.objectives import build_objective, grad_cache
+from vlm_recipes.objectives.grad_cache import cached_step, split_rows
+from vlm_recipes.objectives.mrl import group_inputs, matryoshka_info_nce
+
+
+def mrl_objective(processor, options: MRLOptions = MRLOptions()):
+    """The mrl objective as a run builds it, with `options`."""
+    recipe = dataclasses.replace(load_recipe("mrl"), objective=ObjectiveConfig("mrl", options))
+    return build_objective(recipe, processor, family=None)
 
 
 # --- loss -----------------------------------------------------------------------------------
@@ -182,12 +190,12 @@ def test_real_model_embeddings_do_not_depend_on_padding_side(random_tiny_dirs, f
 
 def test_mixed_image_and_text_targets_keep_their_order(tiny):
     from vlm_recipes.data.retrieval import Target
-    from vlm_recipes.objectives.mrl import encode_targets
+    from vlm_recipes.evaluation.retrieval import encode_targets
 
     model, processor = tiny
     image = synthetic_gallery(1, seed=0)[0].target.image
     targets = [Target(text="a red star", key="a"), Target(image=image, key="b"), Target(text="two crosses", key="c")]
-    settings = MRLOptions().encode_settings(4)
+    settings = EncodeSettings.from_options(MRLOptions(), 4)
     with torch.no_grad():
         together = encode_targets(model, processor, targets, settings)
         alone = torch.cat([encode_targets(model, processor, [t], settings) for t in targets])
@@ -195,15 +203,16 @@ def test_mixed_image_and_text_targets_keep_their_order(tiny):
     assert not torch.allclose(together[0], together[2], atol=1e-3)  # the rows really differ
 
 
-def _batch(processor, num_samples: int, negatives: int, options=None):
-    options = options or MRLOptions(num_hard_negatives=negatives)
+def _batch(processor, num_samples: int, negatives: int):
+    """A collated batch and the objective that built it."""
+    objective = mrl_objective(processor, MRLOptions(num_hard_negatives=negatives))
     data = SyntheticRetrieval(num_samples, "train", seed=3, num_hard_negatives=negatives)
-    return MRLCollator(processor, options)([data[i] for i in range(num_samples)])
+    return objective.collate([data[i] for i in range(num_samples)]), objective
 
 
 def test_collator_layout_and_row_split(tiny):
     _, processor = tiny
-    batch = _batch(processor, 3, negatives=2)
+    batch, _ = _batch(processor, 3, negatives=2)
     assert batch["query_input_ids"].shape[0] == 3 and batch["target_input_ids"].shape[0] == 9
     assert "query_pixel_values" not in batch and batch["target_images_per_row"].tolist() == [1] * 9
     # mixed text/image rows: chunks take exactly their own images' patches
@@ -223,24 +232,23 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _cached_loss(model, batch, chunk):
-    options = batch["mrl_options"]
+def _cached_loss(model, batch, objective, chunk):
     parts = [split_rows(*group_inputs(batch, prefix), chunk) for prefix in ("query", "target")]
     return cached_step(lambda c: embed(model, c, "last"), parts,
-                       lambda q, t: OBJECTIVE._loss(model, options, q, t), lambda loss: loss.backward(),
+                       lambda q, t: objective.loss(model, q, t), lambda loss: loss.backward(),
                        contextlib.nullcontext)
 
 
 def test_grad_cache_matches_plain_backward(tiny):
     model, processor = tiny
     model.train()
-    batch = _batch(processor, 6, negatives=1)
+    batch, objective = _batch(processor, 6, negatives=1)
     model.zero_grad()
-    plain = OBJECTIVE.compute_loss(model, batch)
+    plain = objective.compute_loss(model, batch)
     plain.backward()
     plain_grads = _grads(model)
     model.zero_grad()
-    cached = _cached_loss(model, batch, chunk=4)  # queries in 4+2 rows, targets in 4+4+4
+    cached = _cached_loss(model, batch, objective, chunk=4)  # queries in 4+2 rows, targets in 4+4+4
     cached_grads = _grads(model)
     model.zero_grad()
     model.eval()
@@ -267,12 +275,12 @@ def test_grad_cache_replays_dropout_masks(random_tiny_dirs, tiny, monkeypatch):
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.5)
     model.train()
-    batch = _batch(processor, 4, negatives=0)
+    batch, objective = _batch(processor, 4, negatives=0)
 
     def run(cached: bool):
         model.zero_grad()
         torch.manual_seed(11)
-        loss = _cached_loss(model, batch, chunk=4) if cached else OBJECTIVE.compute_loss(model, batch)
+        loss = _cached_loss(model, batch, objective, chunk=4) if cached else objective.compute_loss(model, batch)
         if not cached:
             loss.backward()
         return loss.item(), _grads(model)
@@ -301,8 +309,8 @@ def test_trainer_runs_grad_cache_learned_temperature_and_ema(random_tiny_dirs, t
     stage = StageConfig(freeze=FreezeConfig(llm=False), train=TrainConfig(max_steps=3, per_device_train_batch_size=4,
                                                                           logging_steps=1, learning_rate=1e-3))
     before = model.model.language_model.layers[0].mlp.up_proj.weight.detach().clone()
-    log = train_stage(model, stage, OBJECTIVE, MRLCollator(processor, options),
-                      SyntheticRetrieval(12, "train", 0, 1), tmp_path, seed=0, bf16=False, use_cpu=True, report_to=[])
+    log = train_stage(model, stage, mrl_objective(processor, options), SyntheticRetrieval(12, "train", 0, 1),
+                      tmp_path, seed=0, bf16=False, use_cpu=True, report_to=[])
     losses = [entry["loss"] for entry in log if "loss" in entry]
     assert len(losses) == 3 and all(math.isfinite(v) and v > 0 for v in losses)
     temperature = next(entry["learned_temperature"] for entry in log if "learned_temperature" in entry)
@@ -348,7 +356,7 @@ def test_mined_options_are_checked():
         load_recipe("mrl", ["objective.options.hard_negatives=random"])
     with pytest.raises(InputError, match="mining_margin"):
         load_recipe("mrl", ["objective.options.mining_margin=1.5"])
-    assert load_recipe("mrl", ["objective.options.mining_margin=0.95"]).objective.options["mining_margin"] == 0.95
+    assert load_recipe("mrl", ["objective.options.mining_margin=0.95"]).objective.options.mining_margin == 0.95
 
 
 def test_trainer_mines_negatives_with_the_model_it_trains(random_tiny_dirs, tmp_path):
@@ -358,17 +366,18 @@ def test_trainer_mines_negatives_with_the_model_it_trains(random_tiny_dirs, tmp_
 
     from vlm_recipes.config import FreezeConfig, StageConfig, TrainConfig
     from vlm_recipes.models.embedding import encode_texts
-    from vlm_recipes.objectives.mrl import encode_targets, unique_targets
+    from vlm_recipes.evaluation.retrieval import encode_targets, unique_targets
     from vlm_recipes.training.trainer import RecipeTrainer, training_arguments
 
     path = random_tiny_dirs["qwen2_vl"]
     model, processor = AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
     options = MRLOptions(num_hard_negatives=2, hard_negatives="mined")  # no margin: a random model ranks nothing
+    objective = mrl_objective(processor, options)
     train = [s for s in SyntheticRetrieval(6, "train", 0, 0)]
     stage = StageConfig(freeze=FreezeConfig(llm=False), train=TrainConfig(max_steps=1, per_device_train_batch_size=3))
     trainer = RecipeTrainer(model=model, args=training_arguments(stage.train, tmp_path, 0, False, True, []),
-                            train_dataset=train, data_collator=MRLCollator(processor, options), objective=OBJECTIVE)
-    settings = options.encode_settings(8)
+                            train_dataset=train, data_collator=objective.collate, objective=objective)
+    settings = EncodeSettings.from_options(options, 8)
     scores = encode_texts(model, processor, [s.query for s in train], settings) \
         @ encode_targets(model, processor, unique_targets(train), settings).T
     for i, sample in enumerate(trainer.train_dataset):

@@ -8,12 +8,13 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText
 
+from vlm_recipes.data.objects import (ALIAS_WORDS, COLOUR_NAMES, HELD_OUT_LABELS, KINDS, MAX_PIXELS, MIN_PIXELS,
+                                      ObjectsDataset)
 from vlm_recipes.data.synthetic import COLOURS, GENERIC, SHAPES, render_object_example
 from vlm_recipes.families import get_family
-from vlm_recipes.models.pretrain import (ALIAS_WORDS, COLOUR_NAMES, HEAD_NAME, HEAD_OUTPUTS, HELD_OUT_LABELS,
-                                         KINDS, MAX_PIXELS, MIN_PIXELS, DenseGroundingObjective,
-                                         ObjectsDataset, dense_targets, make_collator, pretrain_base)
 from vlm_recipes.models.tiny import build_tiny, sincos_position_table
+from vlm_recipes.objectives.dense_grounding import HEAD_NAME, HEAD_OUTPUTS, DenseGrounding, dense_targets
+from vlm_recipes.training.pretrain import pretrain_base
 
 QWEN3 = get_family("qwen3_vl")
 
@@ -90,9 +91,10 @@ def test_dense_objective_adds_the_head_loss_computed_independently():
     model.add_module(HEAD_NAME, torch.nn.Linear(128, HEAD_OUTPUTS))
     samples = [ObjectsDataset(4, QWEN3, seed=1)[i] for i in range(4)]
     assert HEAD_OUTPUTS == 5 + len(KINDS) + len(COLOUR_NAMES)
-    batch = make_collator(processor, dense=True)(samples)
+    objective = DenseGrounding(processor, weight=0.5)
+    batch = objective.collate(samples)
     coverage, boxes = batch["dense_coverage"], batch["dense_boxes"]
-    loss = DenseGroundingObjective(weight=0.5).compute_loss(model, dict(batch))
+    loss = objective.compute_loss(model, dict(batch))
 
     lm_inputs = {k: v for k, v in batch.items() if not k.startswith("dense_")}
     lm_loss = model(**lm_inputs).loss

@@ -1,7 +1,9 @@
 """Typed recipe configs: a recipe is one YAML file that parses into `RecipeConfig`.
 
 Defaults live in these dataclasses only. Loading is strict: an unknown key, a wrong type or
-a bad value fails at load time with the key's dotted name (`stages.0.lora.r`).
+a bad value fails at load time with the key's dotted name (`stages.0.lora.r`), before any data
+or model is loaded. This module is the bottom layer: it imports no other module of the package
+(tests/test_architecture.py checks it), so objective options are declared here too, as data.
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import InputError
-
 RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+class InputError(ValueError):
+    """Bad input from the user: the message names the input and says how to fix it. The CLI turns
+    it into one line on stderr and exit code 2; anything else is a bug and keeps its traceback."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or blew up: stopping beats training on garbage (CLI: one line, exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +113,31 @@ class TrainConfig:
             raise InputError(f"train.learning_rate={self.learning_rate}: must be positive")
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise InputError("train.per_device_train_batch_size and train.gradient_accumulation_steps must be >= 1")
-        if self.num_train_epochs <= 0 and self.max_steps <= 0:
-            raise InputError("train.num_train_epochs or train.max_steps must be positive")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise InputError(f"train.max_steps={self.max_steps}: must be >= 1 (or -1: train by epochs)")
+        if self.max_steps == -1 and self.num_train_epochs <= 0:
+            raise InputError(f"train.num_train_epochs={self.num_train_epochs}: must be positive (or set train.max_steps)")
+        if not 0 <= self.warmup_ratio < 1:
+            raise InputError(f"train.warmup_ratio={self.warmup_ratio}: must be in [0, 1) (a fraction of the steps)")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise InputError("train.weight_decay and train.max_grad_norm must be >= 0")
+        if self.logging_steps < 1:
+            raise InputError(f"train.logging_steps={self.logging_steps}: must be >= 1")
+        _check_against_trainer(self)
+
+
+def _check_against_trainer(train: TrainConfig) -> None:
+    """What transformers' TrainingArguments would reject later, rejected now with the key's name."""
+    from transformers import SchedulerType, TrainingArguments
+
+    schedulers = [s.value for s in SchedulerType]
+    if train.lr_scheduler_type not in schedulers:
+        raise InputError(f"train.lr_scheduler_type={train.lr_scheduler_type!r}: must be one of {', '.join(schedulers)}")
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    bad = sorted(set(train.extra) - known)
+    if bad:
+        raise InputError(f"train.extra.{bad[0]} is not a TrainingArguments field: see "
+                         "transformers.TrainingArguments for the valid names")
 
 
 @dataclass(frozen=True)
@@ -132,7 +164,8 @@ class StageConfig:
 class DataConfig:
     dataset: str = "synthetic"
     """"synthetic" (generated here), a hub id such as openfoodfacts/nutrition-table-detection,
-    a directory saved by datasets, or parquet file(s) in that schema."""
+    a directory saved by datasets, parquet or JSONL file(s) (data/sources.py); any of them may end
+    in a slice, `name[train:N,test:M]`, keeping at most N train and M test rows."""
     num_train: int = 3200
     """Rows generated for the synthetic train split (ignored for real datasets). A row costs about
     15 ms to render, and the recipes were data-limited at 800 (more epochs overfit; DECISIONS D17)."""
@@ -146,14 +179,158 @@ class DataConfig:
     def __post_init__(self):
         if self.num_train < 1 or self.num_test < 1:
             raise InputError("data.num_train and data.num_test must be >= 1")
+        for key in ("max_train", "max_test"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise InputError(f"data.{key}={getattr(self, key)}: must be >= 1 (or null: no limit)")
+
+
+# --- objective options: one frozen dataclass per objective, parsed once at load time ----------
+
+QUERY_INSTRUCTION = "Find the image that matches the description."
+TARGET_INSTRUCTION = "Represent the image for retrieval."
+
+
+@dataclass(frozen=True)
+class SFTOptions:
+    loss_on: Literal["answer", "all"] = "answer"
+    """"answer": only the assistant's answer carries loss; "all": every non-image token does."""
+    max_length: int = 2048
+    """Longest allowed training sequence; longer samples are an error, never truncated."""
+
+    def __post_init__(self):
+        if self.max_length < 1:
+            raise InputError(f"objective.options.max_length={self.max_length}: must be >= 1")
+
+
+@dataclass(frozen=True)
+class MRLOptions:
+    pooling: Literal["last", "mean"] = "last"
+    """Last real token of the final hidden state (VLM2Vec/GME), or the mean over real tokens."""
+    dims: tuple[int, ...] = ()
+    """Matryoshka dims; () = derived from the hidden size (16,32,64,128 for the tiny base)."""
+    dim_weights: tuple[float, ...] = ()
+    """One weight per dim (ascending dims); () = 1.0 each (the losses are summed)."""
+    temperature: float = 0.05
+    learn_temperature: bool = False
+    """Train log(1/temperature) from `temperature`, capped at 1/0.01."""
+    num_hard_negatives: int = 0
+    """Hard-negative targets per query (synthetic data: one-attribute changes)."""
+    hard_negatives: Literal["data", "mined"] = "data"
+    """Where they come from: the data's own, or mined before each stage by the model as it is then
+    (every training query against every training target, the top-ranked non-positives)."""
+    mining_margin: float | None = None
+    """None: every candidate but the positive may be mined. A value m skips candidates scoring
+    above m x the positive's score as likely unlabelled positives (NV-Retriever's positive-aware
+    mining uses 0.95); it needs a model that already ranks, since a base that was never trained
+    as an embedder scores everything near the positive and the margin would leave nothing."""
+    gather_across_processes: bool = True
+    """Under DDP, every process's embeddings are negatives for every query (gathered with gradients)."""
+    grad_cache_chunk: int = 0
+    """> 0: GradCache with chunks of this many rows; 0: one forward per batch."""
+    query_instruction: str = QUERY_INSTRUCTION
+    target_instruction: str = TARGET_INSTRUCTION
+    max_length: int = 1024
+    """Longest embedding input in tokens; longer is an error, never truncated."""
+    ema_decay: float = 0.0
+    """> 0: keep an exponential moving average of the trainable weights and end training on it."""
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise InputError(f"objective.options.temperature={self.temperature}: must be positive")
+        if any(d < 1 for d in self.dims):
+            raise InputError(f"objective.options.dims={list(self.dims)}: every dim must be >= 1")
+        if self.dim_weights and len(self.dim_weights) != len(self.dims):
+            raise InputError("objective.options.dim_weights needs one weight per entry of objective.options.dims "
+                             "(set dims explicitly to weight them)")
+        if any(w < 0 for w in self.dim_weights):
+            raise InputError("objective.options.dim_weights must be >= 0")
+        if self.num_hard_negatives < 0 or self.grad_cache_chunk < 0:
+            raise InputError("objective.options.num_hard_negatives and grad_cache_chunk must be >= 0")
+        if self.hard_negatives == "mined" and self.num_hard_negatives < 1:
+            raise InputError("objective.options.hard_negatives=mined needs objective.options.num_hard_negatives >= 1")
+        if self.mining_margin is not None and not 0 < self.mining_margin <= 1:
+            raise InputError(f"objective.options.mining_margin={self.mining_margin}: must be in (0, 1]")
+        if not 0 <= self.ema_decay < 1:
+            raise InputError(f"objective.options.ema_decay={self.ema_decay}: must be in [0, 1)")
+        if self.max_length < 1:
+            raise InputError(f"objective.options.max_length={self.max_length}: must be >= 1")
+
+
+@dataclass(frozen=True)
+class MDLMOptions:
+    mask_prompt_loss: bool = True
+    """Only the answer is masked and trained (prompt and image tokens stay visible); off: every text
+    token of the conversation may be masked (image and vision-marker tokens never are)."""
+    eps: float = 1e-3
+    """t ~ U(eps, 1): keeps the 1/t weight finite."""
+    canvas_length: int = 48
+    """Answer canvas in tokens, for training and decoding; an answer (+ <|im_end|>) longer than it is
+    an error, never truncated."""
+    steps: int | None = None
+    """Decoding steps (model calls) per canvas; None: canvas_length, i.e. one token per step."""
+    block_length: int | None = None
+    """Block-wise decoding: blocks of this many tokens, left to right; None: one block (the canvas)."""
+    remasking: Literal["low_confidence", "random"] = "low_confidence"
+    """Which predictions are committed each step: the most confident (re-masking the rest), or random ones."""
+    temperature: float = 0.0
+    """Sampling temperature of the predictions; 0 = argmax."""
+    max_length: int = 2048
+    """Longest allowed training sequence (prompt + canvas); longer is an error, never truncated."""
+    shift_logits: bool = True
+    """Token i is predicted by the logits at position i-1, as the autoregressive base was trained to
+    (Dream's adaptation of an AR checkpoint); false: by the logits at position i (LLaDA, MDLM)."""
+
+    def __post_init__(self):
+        steps, block = self.decode_steps, self.decode_block
+        if not 0 < self.eps < 1:
+            raise InputError(f"objective.options.eps={self.eps}: must be in (0, 1)")
+        if self.canvas_length < 2 or self.temperature < 0 or steps < 1:
+            raise InputError("objective.options: need canvas_length >= 2, steps >= 1 and temperature >= 0")
+        if block < 1 or self.canvas_length % block or steps % (self.canvas_length // block):
+            raise InputError(f"objective.options: canvas_length={self.canvas_length} must be a multiple of "
+                             f"block_length={block}, and steps={steps} a multiple of the number of blocks")
+
+    @property
+    def decode_steps(self) -> int:
+        return self.steps if self.steps is not None else self.canvas_length
+
+    @property
+    def decode_block(self) -> int:
+        return self.block_length if self.block_length is not None else self.canvas_length
+
+
+OBJECTIVE_OPTIONS: dict[str, type] = {"sft": SFTOptions, "mrl": MRLOptions, "mdlm": MDLMOptions}
+"""Objective name -> its options dataclass. A new objective adds its module in objectives/ and
+its options here."""
 
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
     name: str = "sft"
     """Objective module in vlm_recipes.objectives: sft, mrl or mdlm."""
-    options: dict = field(default_factory=dict)
-    """Checked against the objective's own options dataclass at load time."""
+    options: Any = None
+    """The objective's own options dataclass (OBJECTIVE_OPTIONS[name]); None = its defaults."""
+
+    def __post_init__(self):
+        if self.name not in OBJECTIVE_OPTIONS:
+            raise InputError(f"unknown objective.name {self.name!r}: choose one of {', '.join(OBJECTIVE_OPTIONS)}")
+        kind = OBJECTIVE_OPTIONS[self.name]
+        if self.options is None:
+            object.__setattr__(self, "options", kind())
+        elif not isinstance(self.options, kind):
+            raise InputError(f"objective.options: expected {kind.__name__} for objective {self.name!r}")
+
+    @classmethod
+    def from_raw(cls, data: Any, where: str) -> ObjectiveConfig:
+        """The options are parsed into the named objective's dataclass, strictly, here and only here."""
+        data = _mapping(data, where)
+        unknown = sorted(set(data) - {"name", "options"})
+        if unknown:
+            raise InputError(f"unknown key {_join(where, unknown[0])!r}: valid keys here are name, options")
+        name = _convert(str, data.get("name", cls.name), _join(where, "name"))
+        if name not in OBJECTIVE_OPTIONS:
+            raise InputError(f"unknown {_join(where, 'name')} {name!r}: choose one of {', '.join(OBJECTIVE_OPTIONS)}")
+        return cls(name, from_dict(OBJECTIVE_OPTIONS[name], data.get("options"), _join(where, "options")))
 
 
 @dataclass(frozen=True)
@@ -163,6 +340,10 @@ class EvalConfig:
     """Enough for one box in every family's format (Qwen2.5/3-VL JSON: ~42 tokens)."""
     num_plot: int = 8
     """Test images drawn with true and predicted boxes in predictions.png."""
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.num_plot < 0:
+            raise InputError("eval.batch_size and eval.max_new_tokens must be >= 1, eval.num_plot >= 0")
 
 
 @dataclass(frozen=True)
@@ -179,9 +360,13 @@ class RecipeConfig:
     def __post_init__(self):
         if not self.stages:
             raise InputError(f"recipe {self.name!r} has no stages")
-        from .objectives import get_objective  # late: objectives import this module
-
-        get_objective(self.objective.name).parse_options(self.objective.options)
+        for stage in self.stages[:-1]:
+            if stage.quantization.load_in_4bit:
+                raise InputError(f"stage {stage.name!r} feeds a later stage, so it cannot be 4-bit (a LoRA merged "
+                                 "into 4-bit weights is lost); set its quantization.load_in_4bit=false")
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) != len(names):
+            raise InputError(f"recipe {self.name!r}: stage names must be unique (they name output directories): {names}")
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -206,6 +391,9 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RecipeConfig:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise InputError(f"recipe file {path} is not valid YAML: {err}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise InputError(f"recipe file {path}: the top level must be a mapping of recipe keys (name, stages, ...), "
+                         f"got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
     return from_dict(RecipeConfig, raw, "")
@@ -243,10 +431,7 @@ def _set_path(node: Any, parts: list[str], value: Any, key: str) -> None:
 
 def from_dict(cls: type, data: Any, where: str) -> Any:
     """Build dataclass `cls` from plain data, strictly, naming the key on any error."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise InputError(f"{where or 'recipe'}: expected a mapping, got {data!r}")
+    data = _mapping(data, where)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -259,6 +444,14 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
         raise InputError(f"{where or 'recipe'}: {err}") from None
 
 
+def _mapping(data: Any, where: str) -> dict:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{where or 'recipe'}: expected a mapping, got {data!r}")
+    return data
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
@@ -266,7 +459,7 @@ def _join(where: str, key: str) -> str:
 def _convert(tp: Any, value: Any, where: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
+        return tp.from_raw(value, where) if hasattr(tp, "from_raw") else from_dict(tp, value, where)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

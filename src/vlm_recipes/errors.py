@@ -1,9 +1,6 @@
-"""The one exception type for bad user input.
+"""The user-facing failures (defined in `config`, the bottom layer, so that config imports nothing
+else of the package): bad input (exit 2) and a diverged run (exit 1)."""
 
-The CLI turns an `InputError` into a single line on stderr and exit code 2; anything
-else is a bug and keeps its traceback.
-"""
+from .config import InputError, TrainingDiverged
 
-
-class InputError(ValueError):
-    """Bad input from the user: the message names the input and says how to fix it."""
+__all__ = ["InputError", "TrainingDiverged"]

@@ -13,11 +13,9 @@ from pathlib import Path
 
 from ..errors import InputError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="encode.py", description="Embed images (and texts) with a Qwen-VL embedding "
+    p = argparse.ArgumentParser(prog="vlm-recipes encode", description="Embed images (and texts) with a Qwen-VL embedding "
                                 "model, e.g. a run's model/ directory; optionally search them with a text query.")
     p.add_argument("--model", required=True, help="run's model/ dir (LoRA adapter or full), or a checkpoint dir")
     p.add_argument("--images", nargs="+", default=[], help="image files or directories of images")
@@ -31,34 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def image_paths(items: list[str]) -> list[Path]:
-    paths = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise InputError(f"--images {item}: no such file or directory")
-    return paths
-
-
 def settings_for(model_dir: Path, pooling: str | None, batch_size: int):
     """Pooling and instructions as the run trained them (its config.yaml next to model/)."""
     import yaml
 
-    from ..objectives.mrl import MRLOptions
+    from ..config import MRLOptions, ObjectiveConfig
+    from ..models.embedding import EncodeSettings
 
     options = MRLOptions()
     config = model_dir.parent / "config.yaml"
     if config.is_file():
-        raw = yaml.safe_load(config.read_text())
-        if raw.get("objective", {}).get("name") == "mrl":
-            from ..config import from_dict
-
-            options = from_dict(MRLOptions, raw["objective"]["options"], "objective.options")
-    settings = options.encode_settings(batch_size)
+        objective = (yaml.safe_load(config.read_text()) or {}).get("objective") or {}
+        if objective.get("name") == "mrl":
+            options = ObjectiveConfig.from_raw(objective, "objective").options
+    settings = EncodeSettings.from_options(options, batch_size)
     if pooling:
         settings.pooling = pooling
     return settings
@@ -77,9 +61,10 @@ def run(args) -> int:
     import numpy as np
     from PIL import Image
 
+    from ..data.sources import image_files
     from ..models.embedding import Embedder, truncate
 
-    paths = image_paths(args.images)
+    paths = image_files(args.images) if args.images else []
     if not paths and not args.texts:
         raise InputError("nothing to embed: pass --images and/or --texts")
     if args.query and not paths:

@@ -13,13 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, TrainingDiverged
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train_recipe.py", description="Fine-tune a Qwen-VL model with a named recipe "
+    p = argparse.ArgumentParser(prog="vlm-recipes train", description="Fine-tune a Qwen-VL model with a named recipe "
                                 "and compare it with its base model.")
     p.add_argument("--recipe", help="recipe name (see --list) or path to a recipe .yaml")
     p.add_argument("--list", action="store_true", help="list the recipes with one-line descriptions and exit")
@@ -116,8 +116,6 @@ def list_recipes() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..training.trainer import TrainingDiverged
-
     try:
         if args.list:
             print(list_recipes())
@@ -132,16 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = prepare_output_dir(args.output_dir, recipe.name, args.overwrite)
         report_to = setup_wandb(run_dir, not args.no_wandb)
         command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
-        metrics = run_recipe(recipe, run_dir, device=device, report_to=report_to, command=command)
+        result = run_recipe(recipe, run_dir, device=device, report_to=report_to, command=command)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
-    print((run_dir / "results.md").read_text().split("\n\n![")[0])
-    print(f"\nrun directory: {run_dir}")
-    return 0 if metrics else EXIT_FAILED
+    print(result.summary)
+    print(f"\nrun directory: {result.run_dir}")
+    return 0
 
 
 if __name__ == "__main__":

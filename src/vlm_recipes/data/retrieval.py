@@ -1,18 +1,15 @@
 """Paired retrieval data: a text query, its target (an image, an image with text, or a text) and
 optional hard negatives (targets that must rank below the positive).
 
-Sources (`load_retrieval_splits(source)`):
-  "synthetic"          generated scenes whose captions need composition (below)
-  a .jsonl file        rows {"query": str, "target": image path or text, "hard_negatives": [...],
-                       optional "target_text": str}; its test split is the sibling file named
-                       test.jsonl (or val/validation.jsonl) when the given file is train.jsonl,
-                       else the last `data.num_test` rows
-  a directory          holding train.jsonl and test.jsonl (or val.jsonl / validation.jsonl)
-  anything else        a `datasets` source (hub id, save_to_disk directory, parquet file(s)) with
-                       columns query, target (image or str), optional hard_negatives, target_text
+Sources (`load_retrieval_splits(source)`): "synthetic", generated scenes whose captions need
+composition (below), or anything `sources.open_source` opens (.jsonl file or a directory of them,
+hub id, save_to_disk directory, parquet) with rows {"query": str, "target": image or image path
+or text, optional "hard_negatives": [...], optional "target_text": str}. `train.jsonl` brings its
+sibling test.jsonl (or val/validation.jsonl); a source with no test split (after the "test" ->
+"val" -> "validation" fallback) keeps its last `data.num_test` train rows as the test split.
 
 A string target is an image path when it ends in an image suffix (relative paths are relative to
-the .jsonl file), else a text. An image path that does not exist is an error, never a text.
+the .jsonl file; for other sources, to the working directory), else a text. An image path that does not exist is an error, never a text.
 
 Synthetic scenes: two groups of identical shapes, one per half of the image (left/right or
 top/bottom), e.g. "two red circles on the left and a blue star on the right". Resolving a caption
@@ -32,10 +29,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import InputError
+from .sources import IMAGE_SUFFIXES, Rows, decode_image, open_source, resolve_split
 from .synthetic import COLOURS, _draw_shape, _jitter
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-TEST_FILES = ("test.jsonl", "val.jsonl", "validation.jsonl")
 
 
 @dataclass
@@ -195,81 +190,38 @@ def synthetic_gallery(size: int, seed: int) -> list[RetrievalSample]:
 
 def load_retrieval_splits(source: str, num_train: int, num_test: int, seed: int, num_hard_negatives: int,
                           max_train: int | None = None, max_test: int | None = None) -> dict[str, Any]:
-    """{"train": indexable samples, "test": list of samples} from `source` (module docstring)."""
+    """{"train": indexable samples, "test": list of samples} from `source` (module docstring).
+
+    `max_train`/`max_test` keep the first rows of a split; `num_train`/`num_test` are the row
+    counts generated for "synthetic" (and `num_test` the rows held out of a train-only source).
+    """
     if source == "synthetic":
         train = SyntheticRetrieval(num_train if max_train is None else min(num_train, max_train), "train", seed,
                                    num_hard_negatives)
         return {"train": train, "test": synthetic_gallery(num_test if max_test is None else
                                                           min(num_test, max_test), seed)}
-    rows, base_dirs = _open_rows(source, num_test)
+    opened = open_source(source)
     splits = {}
-    for split, limit in (("train", max_train), ("test", max_test)):
-        chosen = rows[split][:limit] if limit is not None else rows[split]
-        splits[split] = [row_sample(row, f"row {i} of the {split} split of {source}", base_dirs[split],
-                                    f"{split}-{i:05d}") for i, row in enumerate(chosen)]
+    for split, (rows, indices) in _train_test(opened.splits, source, num_test).items():
+        limit = {"train": max_train, "test": max_test}[split]
+        splits[split] = [row_sample(rows[j], f"row {i} of the {split} split of {source}", opened.base_dir,
+                                    f"{split}-{i:05d}") for i, j in enumerate(indices[:limit])]
     _check_negatives(splits["train"], num_hard_negatives, source)
     return splits
 
 
-def _open_rows(source: str, num_test: int) -> tuple[dict[str, list[dict]], dict[str, Path]]:
-    path = Path(source).expanduser()
-    if path.is_dir() and (path / "train.jsonl").is_file():
-        path = path / "train.jsonl"
-    if path.suffix == ".jsonl":
-        if not path.is_file():
-            raise InputError(f"data.dataset={source!r}: no such file; pass an existing .jsonl file")
-        test_file = next((path.parent / n for n in TEST_FILES if path.name == "train.jsonl"
-                          and (path.parent / n).is_file()), None)
-        train_rows = _read_jsonl(path)
-        if test_file is not None:
-            return {"train": train_rows, "test": _read_jsonl(test_file)}, {"train": path.parent, "test": path.parent}
-        if len(train_rows) <= num_test:
-            raise InputError(f"data.dataset={source!r} has {len(train_rows)} rows, not more than data.num_test="
-                             f"{num_test}: add rows, lower data.num_test, or add a test.jsonl next to train.jsonl")
-        return ({"train": train_rows[:-num_test], "test": train_rows[-num_test:]},
-                {"train": path.parent, "test": path.parent})
-    return _dataset_rows(source), {"train": Path.cwd(), "test": Path.cwd()}
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    import json
-
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{number} is not valid JSON: {err.msg}") from None
-    return rows
-
-
-def _dataset_rows(source: str) -> dict[str, list[dict]]:
-    from datasets import DatasetDict, load_dataset, load_from_disk
-
-    path = Path(source).expanduser()
-    try:
-        if (path / "dataset_dict.json").is_file():
-            dd = load_from_disk(str(path))
-        elif path.exists():
-            files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
-            dd = load_dataset("parquet", data_files=[str(f) for f in files])
-        else:
-            dd = load_dataset(source)
-    except Exception as err:  # datasets raises many types; the user needs one line
-        raise InputError(f"data.dataset={source!r}: could not open it ({type(err).__name__}); pass 'synthetic', "
-                         "a .jsonl file, or a datasets source with query/target columns") from None
-    if not isinstance(dd, DatasetDict):
-        raise InputError(f"data.dataset={source!r} is not a dataset with splits")
-    test = next((s for s in ("test", "validation", "val") if s in dd), None)
-    if "train" not in dd or test is None:
-        raise InputError(f"data.dataset={source!r} needs a train and a test (or validation) split; it has "
-                         f"{', '.join(dd)}")
-    for split in ("train", test):
-        missing = {"query", "target"} - set(dd[split].column_names)
-        if missing:
-            raise InputError(f"data.dataset={source!r}: split {split!r} lacks column(s) {', '.join(sorted(missing))}")
-    return {"train": list(dd["train"]), "test": list(dd[test])}
+def _train_test(splits: dict[str, Rows], source: str, num_test: int) -> dict[str, tuple[Rows, range]]:
+    """Each split's rows and the indices that belong to it."""
+    if "train" not in splits:
+        raise InputError(f"data.dataset={source!r} needs a train split; it has {', '.join(splits) or 'none'}")
+    train, test = splits["train"], resolve_split(splits, "test")
+    if test is not None:
+        return {"train": (train, range(len(train))), "test": (splits[test], range(len(splits[test])))}
+    if len(train) <= num_test:
+        raise InputError(f"data.dataset={source!r} has {len(train)} rows, not more than data.num_test="
+                         f"{num_test}: add rows, lower data.num_test, or add a test.jsonl next to train.jsonl")
+    held_out = len(train) - num_test
+    return {"train": (train, range(held_out)), "test": (train, range(held_out, len(train)))}
 
 
 def row_sample(row: dict, where: str, base_dir: Path, default_id: str) -> RetrievalSample:
@@ -286,29 +238,20 @@ def row_sample(row: dict, where: str, base_dir: Path, default_id: str) -> Retrie
 
 
 def as_target(value: Any, text: str | None, where: str, base_dir: Path) -> Target:
-    """An image (PIL, datasets image dict or path with an image suffix) or a text."""
-    if isinstance(value, Image.Image):
-        return Target(value.convert("RGB"), text, key=f"image:{id(value)}")
-    if isinstance(value, dict):  # a datasets Image feature left undecoded
-        import io
-
-        raw = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value.get("path")
-        return Target(_open_image(raw, where), text, key=f"image:{value.get('path') or hash(value['bytes'])}")
+    """An image (PIL, stored {"bytes", "path"} or a path with an image suffix) or a text."""
+    if isinstance(value, (Image.Image, dict)):
+        image = decode_image(value, where)
+        # no name to know it by: each occurrence is its own gallery item, as it always was for the
+        # images `datasets` decodes
+        return Target(image, text, key=f"image:{id(image)}")
     if not isinstance(value, str) or not value.strip():
         raise InputError(f"{where}: a target must be an image path or a non-empty text, got {value!r}")
     if Path(value).suffix.lower() in IMAGE_SUFFIXES:
         path = Path(value) if Path(value).is_absolute() else base_dir / value
         if not path.is_file():
             raise InputError(f"{where}: image {value!r} not found (relative paths are relative to {base_dir})")
-        return Target(_open_image(path, where), text, key=f"image:{path.resolve()}")
+        return Target(decode_image(str(path), where), text, key=f"image:{path.resolve()}")
     return Target(None, value, key=f"text:{value}")
-
-
-def _open_image(source, where: str) -> Image.Image:
-    try:
-        return Image.open(source).convert("RGB")
-    except (OSError, ValueError) as err:
-        raise InputError(f"{where}: unreadable image ({err}); fix or drop the row") from None
 
 
 def _check_negatives(samples: list[RetrievalSample], wanted: int, source: str) -> None:

@@ -46,18 +46,30 @@ def _generate(model, processor, images, prompts, max_new_tokens: int, output_sco
     return texts, new_tokens, out.scores
 
 
+def generate_answers(model, processor, images: list, prompt: str, batch_size: int, max_new_tokens: int,
+                     desc: str = "evaluating") -> tuple[list[str], list[float]]:
+    """(raw answer, confidence) per image, `batch_size` images per generate call."""
+    texts, scores = [], []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch"):
+        chunk = images[start:start + batch_size]
+        answers, confidences = generate_texts_with_confidence(model, processor, chunk, [prompt] * len(chunk),
+                                                              max_new_tokens)
+        texts += answers
+        scores += confidences
+    return texts, scores
+
+
+def first_box(text: str, width: int, height: int, family, processor):
+    """The first box an answer holds, in pixels of a width x height image, or None."""
+    resized = resized_image_size(processor, family, width, height)
+    found = parse_answer(text, width, height, family, resized)
+    return found[0][1] if found else None
+
+
 def predict_boxes(model, processor, family, samples, prompt: str, batch_size: int, max_new_tokens: int,
                   desc: str = "evaluating") -> tuple[list, list[str], list[float]]:
-    """(first parsed box or None, raw answer, confidence) per sample."""
-    boxes, texts, scores = [], [], []
-    for start in tqdm(range(0, len(samples), batch_size), desc=desc, unit="batch"):
-        chunk = samples[start:start + batch_size]
-        answers, confidences = generate_texts_with_confidence(
-            model, processor, [s.image for s in chunk], [prompt] * len(chunk), max_new_tokens)
-        scores += confidences
-        for sample, text in zip(chunk, answers):
-            resized = resized_image_size(processor, family, sample.width, sample.height)
-            found = parse_answer(text, sample.width, sample.height, family, resized)
-            boxes.append(found[0][1] if found else None)
-            texts.append(text)
+    """(first parsed box or None, raw answer, confidence) per sample (anything with .image)."""
+    texts, scores = generate_answers(model, processor, [s.image for s in samples], prompt, batch_size,
+                                     max_new_tokens, desc)
+    boxes = [first_box(text, *s.image.size, family, processor) for s, text in zip(samples, texts)]
     return boxes, texts, scores

@@ -1,4 +1,5 @@
-"""Retrieval metrics (Recall@k, MRR@10, nDCG@10) per Matryoshka dim, results.md and plots.
+"""Retrieval evaluation: the evaluator of the `mrl` objective, metrics (Recall@k, MRR@10, nDCG@10)
+per Matryoshka dim, results.md and plots.
 
 Metrics follow torchmetrics' retrieval definitions (checked against them in tests/test_mrl.py):
   recall@k  = relevant items in the top k / relevant items
@@ -14,6 +15,10 @@ import math
 from pathlib import Path
 
 import torch
+
+from ..data.retrieval import RetrievalSample, Target
+from ..models.embedding import EncodeSettings, encode, encode_texts, hidden_size, resolve_dims, truncate
+from .result import EvalResult, stages_line
 
 METRIC_NAMES = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
 
@@ -38,8 +43,6 @@ def retrieval_metrics(scores: torch.Tensor, relevant: torch.Tensor, top: int = 1
 def metrics_by_dim(queries: torch.Tensor, gallery: torch.Tensor, relevant: torch.Tensor, dims: tuple[int, ...]
                    ) -> dict[str, dict[str, dict[str, float]]]:
     """{"t2i": {"<dim>": metrics}, "i2t": {...}} from full normalised embeddings (queries, H), (gallery, H)."""
-    from ..models.embedding import truncate
-
     result: dict[str, dict] = {"t2i": {}, "i2t": {}}
     for dim in dims:
         scores = truncate(queries, dim) @ truncate(gallery, dim).T  # (queries, gallery) cosine
@@ -48,7 +51,73 @@ def metrics_by_dim(queries: torch.Tensor, gallery: torch.Tensor, relevant: torch
     return result
 
 
-# --- report -------------------------------------------------------------------------------
+# --- the evaluator --------------------------------------------------------------------------
+
+class RetrievalEvaluator:
+    """Text -> target and target -> text retrieval over the test split's own gallery (each sample's
+    target once), at every Matryoshka dim."""
+
+    def __init__(self, processor, settings: EncodeSettings, dims: tuple[int, ...] = ()):
+        self.processor, self.settings, self.dims = processor, settings, dims
+
+    def evaluate(self, model, samples: list[RetrievalSample], desc: str) -> EvalResult:
+        gallery = unique_targets(samples)
+        keys = [t.key for t in gallery]
+        queries = encode_texts(model, self.processor, [s.query for s in samples], self.settings)  # (Q, H)
+        targets = encode_targets(model, self.processor, gallery, self.settings)  # (G, H)
+        relevant = torch.zeros(len(samples), len(keys), dtype=torch.bool)
+        relevant[torch.arange(len(samples)), target_rows(samples, gallery)] = True
+        dims = resolve_dims(self.dims, hidden_size(model))
+        top = (queries @ targets.T).topk(min(10, len(keys)), dim=1).indices  # full dim
+        predictions = [{"query": s.query, "target": s.target.key, "top10": [keys[j] for j in row]}
+                       for s, row in zip(samples, top.tolist())]
+        return EvalResult(metrics_by_dim(queries, targets, relevant, dims), predictions,
+                          {"gallery_size": len(keys), "num_queries": len(samples)})
+
+    def summary(self, metrics: dict, finetuned: EvalResult) -> str:
+        dims = list(metrics["finetuned"]["t2i"])
+        full, small = dims[-1], dims[0]
+        tuned, base = metrics["finetuned"]["t2i"], metrics["base"]["t2i"]
+        keep = tuned[small]["recall@1"] / max(tuned[full]["recall@1"], 1e-9)
+        return (f"# {metrics['recipe']}: text-image retrieval, base vs fine-tuned\n\n"
+                f"Gallery: {finetuned.notes['gallery_size']} targets, {finetuned.notes['num_queries']} queries. "
+                f"Text->image Recall@1 at the full dim {full}: {base[full]['recall@1']:.3f} (base) -> "
+                f"{tuned[full]['recall@1']:.3f} (fine-tuned); at dim {small} the fine-tuned model keeps "
+                f"{100 * keep:.0f}% of it. Base model: `{metrics['base_model']}` ({metrics['family']}). "
+                f"Stages: {stages_line(metrics)}.\n\n"
+                f"## Text -> image\n\n{retrieval_table(metrics, 't2i')}\n\n"
+                f"## Image -> text\n\n{retrieval_table(metrics, 'i2t')}")
+
+    def write_report(self, run_dir: Path, metrics: dict, base: EvalResult, finetuned: EvalResult,
+                     samples: list) -> None:
+        """results.md, recall_vs_dim.png and retrievals.png (fine-tuned top 4 for a few queries)."""
+        (run_dir / "results.md").write_text(
+            f"{self.summary(metrics, finetuned)}\n\n![Recall@1 vs dim](recall_vs_dim.png)\n\n"
+            "![training loss](loss.png)\n\n![fine-tuned retrievals](retrievals.png)\n")
+        plot_recall_vs_dim(metrics, run_dir / "recall_vs_dim.png")
+        plot_retrievals(samples, finetuned.predictions, run_dir / "retrievals.png")
+
+
+def unique_targets(samples: list[RetrievalSample]) -> list[Target]:
+    """The gallery: each sample's target once (equal keys are one item), in first-seen order."""
+    seen: dict[str, Target] = {}
+    for s in samples:
+        seen.setdefault(s.target.key, s.target)
+    return list(seen.values())
+
+
+def target_rows(samples: list[RetrievalSample], gallery: list[Target]) -> torch.Tensor:
+    """Each sample's own target as a row of `gallery` (matched by key)."""
+    index = {t.key: i for i, t in enumerate(gallery)}
+    return torch.tensor([index[s.target.key] for s in samples])
+
+
+def encode_targets(model, processor, targets: list[Target], settings: EncodeSettings) -> torch.Tensor:
+    """(N, H) embeddings in `targets` order: images (with their optional text) and text-only
+    targets, all with the target instruction (rows are padding-invariant, so they may share a batch)."""
+    return encode(model, processor, [t.text for t in targets], [t.image for t in targets],
+                  settings.target_instruction, settings)
+
 
 def retrieval_table(metrics: dict, direction: str) -> str:
     dims = list(metrics["base"][direction])
@@ -58,29 +127,6 @@ def retrieval_table(metrics: dict, direction: str) -> str:
             row = metrics[key][direction][dim]
             lines.append(f"| {model} | {dim} | " + " | ".join(f"{row[m]:.3f}" for m in METRIC_NAMES) + " |")
     return "\n".join(lines)
-
-
-def write_retrieval_report(run_dir: Path, metrics: dict, finetuned_eval: dict, samples: list) -> None:
-    """results.md, recall_vs_dim.png and retrievals.png (fine-tuned top 4 for a few queries)."""
-    dims = list(metrics["finetuned"]["t2i"])
-    full, small = dims[-1], dims[0]
-    tuned, base = metrics["finetuned"]["t2i"], metrics["base"]["t2i"]
-    keep = tuned[small]["recall@1"] / max(tuned[full]["recall@1"], 1e-9)
-    stages = ", ".join(f"{s['name']} ({s['train_seconds']} s, {s['trainable_params']:,} trainable)"
-                       for s in metrics["stages"])
-    text = (f"# {metrics['recipe']}: text-image retrieval, base vs fine-tuned\n\n"
-            f"Gallery: {finetuned_eval['gallery_size']} targets, {finetuned_eval['num_queries']} queries. "
-            f"Text->image Recall@1 at the full dim {full}: {base[full]['recall@1']:.3f} (base) -> "
-            f"{tuned[full]['recall@1']:.3f} (fine-tuned); at dim {small} the fine-tuned model keeps "
-            f"{100 * keep:.0f}% of it. Base model: `{metrics['base_model']}` ({metrics['family']}). "
-            f"Stages: {stages}.\n\n"
-            f"## Text -> image\n\n{retrieval_table(metrics, 't2i')}\n\n"
-            f"## Image -> text\n\n{retrieval_table(metrics, 'i2t')}\n\n"
-            "![Recall@1 vs dim](recall_vs_dim.png)\n\n![training loss](loss.png)\n\n"
-            "![fine-tuned retrievals](retrievals.png)\n")
-    (run_dir / "results.md").write_text(text)
-    plot_recall_vs_dim(metrics, run_dir / "recall_vs_dim.png")
-    plot_retrievals(samples, finetuned_eval["predictions"], run_dir / "retrievals.png")
 
 
 def plot_recall_vs_dim(metrics: dict, path: Path) -> None:

@@ -27,11 +27,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import InputError
+from ..config import QUERY_INSTRUCTION, TARGET_INSTRUCTION, InputError, MRLOptions
 
 Pooling = Literal["last", "mean"]
-QUERY_INSTRUCTION = "Find the image that matches the description."
-TARGET_INSTRUCTION = "Represent the image for retrieval."
 
 
 def default_dims(hidden_size: int) -> tuple[int, ...]:
@@ -123,6 +121,12 @@ class EncodeSettings:
     target_instruction: str = TARGET_INSTRUCTION
     max_length: int = 1024
     batch_size: int = 32
+
+    @classmethod
+    def from_options(cls, options: MRLOptions, batch_size: int) -> "EncodeSettings":
+        """Encode as the `mrl` objective trains: its pooling, instructions and length limit."""
+        return cls(options.pooling, options.query_instruction, options.target_instruction, options.max_length,
+                   batch_size)
 
 
 @torch.no_grad()

@@ -33,9 +33,26 @@ def resolve_model_path(cfg: ModelConfig) -> str:
         path = tiny_base_path(get_family(cfg.family))
         if not (path / "config.json").is_file():
             raise InputError(f"the tiny {cfg.family} base is not built at {path}: run "
-                             f"python scripts/build_base_model.py --family {cfg.family}")
+                             f"vlm-recipes build-base --family {cfg.family}")
         return str(path)
     return cfg.name_or_path
+
+
+@dataclass(frozen=True)
+class Base:
+    """A base checkpoint opened for use: where it is, its processor (with the run's pixel budget
+    applied) and its family (box convention)."""
+    path: str
+    processor: object
+    family: Family
+
+
+def open_base(cfg: ModelConfig) -> Base:
+    """The one way to open a model: resolve `cfg.name_or_path`, load its processor, read its family.
+    Fails with an InputError (one line) on anything a user can get wrong; loads no weights."""
+    path = resolve_model_path(cfg)
+    processor = load_processor(path, cfg)
+    return Base(path, processor, model_family(path, cfg))
 
 
 def part_of(param_name: str) -> str:

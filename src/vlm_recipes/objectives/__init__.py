@@ -1,26 +1,19 @@
-"""Training objectives. Each is a module here exposing `OBJECTIVE`, an `Objective` instance.
+"""Training objectives: one module each, exposing its `Objective` subclass as `OBJECTIVE_CLASS`.
 
-An objective says what data a recipe trains on, how a batch is built, what the loss is and
-how the result is evaluated; the training loop itself (`training.trainer`) is shared.
+An objective says how a batch is built, what the loss is and which evaluator scores the result;
+the training loop itself (`training.trainer`) is shared. Options are parsed once, by
+`config.load_recipe`, into the dataclass `config.OBJECTIVE_OPTIONS[name]`.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from ..errors import InputError
+from ..config import RecipeConfig
 from .base import Objective
 
-OBJECTIVES = ("sft", "mrl", "mdlm")
 
-
-def get_objective(name: str) -> Objective:
-    if name not in OBJECTIVES:
-        raise InputError(f"unknown objective.name {name!r}: choose one of {', '.join(OBJECTIVES)}")
-    try:
-        module = importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as err:
-        if err.name == f"{__name__}.{name}":
-            raise InputError(f"objective {name!r} is not implemented in this version") from None
-        raise
-    return module.OBJECTIVE
+def build_objective(recipe: RecipeConfig, processor, family) -> Objective:
+    """The recipe's objective, built for one run (the name was checked when the recipe loaded)."""
+    module = importlib.import_module(f"{__name__}.{recipe.objective.name}")
+    return module.OBJECTIVE_CLASS(recipe, processor, family)

@@ -1,36 +1,40 @@
-"""The interface every objective implements (SFT, contrastive MRL, masked diffusion)."""
+"""The interface every objective implements (SFT, contrastive MRL, masked diffusion).
+
+An objective is built once per run, `build_objective(recipe, processor, family)`, and holds its
+parsed options, the processor and the family. What varies between objectives, and so is all an
+objective supplies: the batch (`collate`), the loss or the whole step, and the evaluator.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 import torch
+from transformers import TrainerCallback
 
-from ..config import RecipeConfig, from_dict
+from ..config import RecipeConfig
+from ..data.sources import load_splits
 
 
 class Objective:
-    """Defaults shared by all objectives; subclasses override what differs."""
-
     name: str = ""
-    Options: type = None  # a frozen dataclass of this objective's options
+    data_kind: Literal["detection", "retrieval", "chat"] = "detection"
+    """What `data.load_splits` opens for it: detection rows, retrieval pairs or conversations."""
 
-    def parse_options(self, raw: dict) -> Any:
-        return from_dict(self.Options, raw, "objective.options")
+    def __init__(self, recipe: RecipeConfig, processor, family):
+        self.recipe, self.options = recipe, recipe.objective.options
+        self.processor, self.family = processor, family
 
-    def options(self, recipe: RecipeConfig) -> Any:
-        return self.parse_options(recipe.objective.options)
+    def load_data(self) -> dict[str, list]:
+        """{"train": [...], "test": [...]}: the recipe's data as this objective's samples."""
+        return load_splits(self.recipe.data, self.data_kind, self.recipe.seed)
 
-    def load_data(self, recipe: RecipeConfig) -> dict[str, list]:
-        """{"train": [...], "test": [...]} samples for this objective."""
-        raise NotImplementedError
-
-    def prepare_model(self, model, processor, recipe: RecipeConfig):
-        """Hook after loading, before freezing/LoRA (e.g. attention changes). Returns the model."""
+    def prepare_model(self, model):
+        """Hook after loading, before freezing/LoRA (e.g. a mask token). Returns the model."""
         return model
 
-    def make_collator(self, processor, family, recipe: RecipeConfig):
-        """A function list[sample] -> batch dict of tensors."""
+    def collate(self, samples: list) -> dict:
+        """list[sample] -> batch dict of tensors (the Trainer's data collator)."""
         raise NotImplementedError
 
     def compute_loss(self, model, inputs: dict[str, torch.Tensor], num_items_in_batch=None) -> torch.Tensor | None:
@@ -46,14 +50,22 @@ class Objective:
         passes (mrl's gradient caching); returns the detached loss. None: the Trainer's own step."""
         return None
 
-    def summary(self, model, recipe: RecipeConfig) -> dict:
+    def evaluator(self):
+        """The evaluation.Evaluator that scores this objective's models on its test split."""
+        raise NotImplementedError
+
+    def summary(self, model) -> dict:
         """Extra top-level keys for metrics.json (mrl: its Matryoshka "dims"). Default: none."""
         return {}
 
-    def evaluate(self, model, processor, family, recipe: RecipeConfig, samples: list, desc: str) -> dict:
-        """{"metrics": {...}, "predictions": [...]}: the metrics go to metrics.json."""
-        raise NotImplementedError
 
-    def report(self, run_dir, metrics: dict, base_eval: dict, finetuned_eval: dict, samples: list) -> None:
-        """Write results.md and plots for this objective's metrics."""
-        raise NotImplementedError
+class DropOnTrainEnd(TrainerCallback):
+    """Deletes a training-only attribute of the model (a parameter or submodule an objective
+    added: mrl's learned temperature, pretraining's dense head) when training ends, so the saved
+    checkpoint holds only the architecture's own weights."""
+
+    def __init__(self, model, name: str):
+        self.model, self.name = model, name
+
+    def on_train_end(self, args, state, control, **kwargs):
+        delattr(self.model, self.name)

@@ -28,71 +28,20 @@ is on (the default); image and vision-marker tokens never are.
 
 from __future__ import annotations
 
-import dataclasses
-import statistics
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..boxes import parse_answer
-from ..config import RecipeConfig
-from ..data.chat import resized_image_size, user_messages
-from ..data.detection import DetectionSample
-from ..data.messages import ChatSample, encode_prompts, messages_splits, open_messages_source, parse_split_spec
+from ..config import MDLMOptions
+from ..data.chat import user_messages
+from ..data.messages import ChatSample, encode_prompts
 from ..errors import InputError
+from ..evaluation.answers import AnswerEvaluator
 from ..evaluation.diffusion_decoding import diffusion_generate, with_canvas
-from ..evaluation.report import write_detection_report
 from ..models.attention import bidirectional_attention
 from ..models.tiny import MASK_TOKEN
 from .base import Objective
-from .sft import answer_for, evaluation_result, load_detection_data
-
-
-@dataclass(frozen=True)
-class MDLMOptions:
-    mask_prompt_loss: bool = True
-    """Only the answer is masked and trained (prompt and image tokens stay visible); off: every text
-    token of the conversation may be masked (image and vision-marker tokens never are)."""
-    eps: float = 1e-3
-    """t ~ U(eps, 1): keeps the 1/t weight finite."""
-    canvas_length: int = 48
-    """Answer canvas in tokens, for training and decoding; an answer (+ <|im_end|>) longer than it is
-    an error, never truncated."""
-    steps: int | None = None
-    """Decoding steps (model calls) per canvas; None: canvas_length, i.e. one token per step."""
-    block_length: int | None = None
-    """Block-wise decoding: blocks of this many tokens, left to right; None: one block (the canvas)."""
-    remasking: Literal["low_confidence", "random"] = "low_confidence"
-    """Which predictions are committed each step: the most confident (re-masking the rest), or random ones."""
-    temperature: float = 0.0
-    """Sampling temperature of the predictions; 0 = argmax."""
-    max_length: int = 2048
-    """Longest allowed training sequence (prompt + canvas); longer is an error, never truncated."""
-    shift_logits: bool = True
-    """Token i is predicted by the logits at position i-1, as the autoregressive base was trained to
-    (Dream's adaptation of an AR checkpoint); false: by the logits at position i (LLaDA, MDLM)."""
-
-    def __post_init__(self):
-        steps, block = self.decode_steps, self.decode_block
-        if not 0 < self.eps < 1:
-            raise InputError(f"objective.options.eps={self.eps}: must be in (0, 1)")
-        if self.canvas_length < 2 or self.temperature < 0 or steps < 1:
-            raise InputError("objective.options: need canvas_length >= 2, steps >= 1 and temperature >= 0")
-        if block < 1 or self.canvas_length % block or steps % (self.canvas_length // block):
-            raise InputError(f"objective.options: canvas_length={self.canvas_length} must be a multiple of "
-                             f"block_length={block}, and steps={steps} a multiple of the number of blocks")
-
-    @property
-    def decode_steps(self) -> int:
-        return self.steps if self.steps is not None else self.canvas_length
-
-    @property
-    def decode_block(self) -> int:
-        return self.block_length if self.block_length is not None else self.canvas_length
+from .grounding import answer_for
 
 
 # --- the noising process and the loss (pure functions, tested against the formula) ---------------
@@ -131,12 +80,13 @@ def mdlm_loss(logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor,
 
 # --- samples and batches ---------------------------------------------------------------------------
 
-def as_chat(sample, family, recipe: RecipeConfig, processor) -> ChatSample:
-    """Detection rows in message form: one image, the recipe's prompt, the family's box answer."""
+def as_chat(sample, family, data, processor) -> ChatSample:
+    """Detection rows in message form: one image, `data.prompt`, the family's box answer labelled
+    `data.label` (`data`: the recipe's DataConfig)."""
     if isinstance(sample, ChatSample):
         return sample
-    return ChatSample([sample.image], user_messages(recipe.data.prompt),
-                      answer_for(sample, family, recipe, processor), sample.image_id)
+    return ChatSample([sample.image], user_messages(data.prompt), answer_for(sample, family, data.label, processor),
+                      sample.image_id)
 
 
 def encode_training_batch(processor, samples: list[ChatSample], options: MDLMOptions,
@@ -208,69 +158,19 @@ def ensure_mask_token(model, processor) -> int:
     return mask_id
 
 
-# --- evaluation ----------------------------------------------------------------------------------------
-
-def detection_view(sample, family, processor) -> DetectionSample | None:
-    """The sample as a detection target: its box, or the first box its reference answer holds."""
-    if isinstance(sample, DetectionSample):
-        return sample
-    if not sample.images:
-        return None
-    image = sample.images[0]
-    width, height = image.size
-    found = parse_answer(sample.answer, width, height, family, resized_image_size(processor, family, width, height))
-    return DetectionSample(image, found[0][1], width, height, sample.image_id) if found else None
-
-
-def score_answers(samples: list, texts: list[str], scores: list[float], family, processor) -> dict:
-    """IoU metrics (as r1-r4) when every reference answer is a box; else exact-match of the text."""
-    views = [detection_view(s, family, processor) for s in samples]
-    if all(v is not None for v in views):
-        boxes = []
-        for view, text in zip(views, texts):
-            resized = resized_image_size(processor, family, view.width, view.height)
-            found = parse_answer(text, view.width, view.height, family, resized)
-            boxes.append(found[0][1] if found else None)
-        return evaluation_result(views, boxes, texts, scores)
-    hits = [text.strip() == s.answer.strip() for s, text in zip(samples, texts)]
-    return {"metrics": {"exact_match": statistics.fmean(hits), "n": len(hits)},
-            "predictions": [{"image_id": s.image_id, "target": s.answer, "text": t} for s, t in zip(samples, texts)]}
-
-
-def write_text_report(run_dir: Path, metrics: dict) -> None:
-    base, tuned = metrics["base"]["exact_match"], metrics["finetuned"]["exact_match"]
-    (run_dir / "results.md").write_text(
-        f"# {metrics['recipe']}: base vs fine-tuned\n\n| model | exact match |\n|---|---|\n"
-        f"| base | {base:.3f} |\n| {metrics['recipe']} | {tuned:.3f} |\n\n"
-        f"{metrics['finetuned']['n']} test conversations; base model `{metrics['base_model']}`.\n\n"
-        "![training loss](loss.png)\n")
-
-
 # --- the objective -----------------------------------------------------------------------------------
 
 class MDLM(Objective):
     name = "mdlm"
-    Options = MDLMOptions
+    data_kind = "chat"
 
-    def load_data(self, recipe):
-        source, limits = parse_split_spec(recipe.data.dataset)
-        dd = open_messages_source(source)
-        if dd is not None:
-            return messages_splits(dd, source, limits)
-        data = dataclasses.replace(recipe.data, dataset=source, max_train=limits.get("train", recipe.data.max_train),
-                                   max_test=limits.get("test", recipe.data.max_test))
-        return load_detection_data(dataclasses.replace(recipe, data=data))
-
-    def prepare_model(self, model, processor, recipe):
-        ensure_mask_token(model, processor)
+    def prepare_model(self, model):
+        ensure_mask_token(model, self.processor)
         return model
 
-    def make_collator(self, processor, family, recipe):
-        options = self.options(recipe)
-
-        def collate(samples):
-            return encode_training_batch(processor, [as_chat(s, family, recipe, processor) for s in samples], options)
-        return collate
+    def collate(self, samples):
+        chats = [as_chat(s, self.family, self.recipe.data, self.processor) for s in samples]
+        return encode_training_batch(self.processor, chats, self.options)
 
     def compute_loss(self, model, inputs, num_items_in_batch=None):
         # The batch has no `labels`, so Trainer passes num_items_in_batch=None and divides this
@@ -283,26 +183,21 @@ class MDLM(Objective):
             logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
         return mdlm_loss(logits, targets[:, -keep:], masked[:, -keep:], maskable[:, -keep:], t)
 
-    def evaluate(self, model, processor, family, recipe, samples, desc):
-        options = self.options(recipe)
+    def evaluator(self):
+        return AnswerEvaluator(self.generate, self.processor, self.family, self.recipe.eval.num_plot)
+
+    def generate(self, model, samples, desc):
+        """Answers by iterative unmasking, `eval.batch_size` canvases at a time."""
+        options, size = self.options, self.recipe.eval.batch_size
         texts, scores = [], []
-        for start in tqdm(range(0, len(samples), recipe.eval.batch_size), desc=desc, unit="batch"):
-            chats = [as_chat(s, family, recipe, processor) for s in samples[start:start + recipe.eval.batch_size]]
+        for start in tqdm(range(0, len(samples), size), desc=desc, unit="batch"):
+            chats = [as_chat(s, self.family, self.recipe.data, self.processor) for s in samples[start:start + size]]
             answers, confidences = diffusion_generate(
-                model, processor, chats, options.canvas_length, options.decode_steps, options.decode_block,
+                model, self.processor, chats, options.canvas_length, options.decode_steps, options.decode_block,
                 options.remasking, options.temperature, shift_logits=options.shift_logits)
             texts += answers
             scores += confidences
-        return score_answers(samples, texts, scores, family, processor)
-
-    def report(self, run_dir, metrics, base_eval, finetuned_eval, samples):
-        if "mean_iou" not in metrics["finetuned"]:
-            write_text_report(run_dir, metrics)
-            return
-        boxed = [s if isinstance(s, DetectionSample) else
-                 DetectionSample(s.images[0], tuple(p["target"]), *s.images[0].size, s.image_id)
-                 for s, p in zip(samples, finetuned_eval["predictions"])]
-        write_detection_report(run_dir, metrics, base_eval, finetuned_eval, boxed)
+        return texts, scores
 
 
-OBJECTIVE = MDLM()
+OBJECTIVE_CLASS = MDLM

@@ -11,79 +11,24 @@ batch does not depend on memory (gradient accumulation would not add negatives).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
-from ..data.retrieval import RetrievalSample, Target, load_retrieval_splits
+from ..config import MRLOptions
+from ..data.retrieval import RetrievalSample
+from ..data.sources import load_splits
 from ..errors import InputError
-from ..evaluation.retrieval import metrics_by_dim, write_retrieval_report
-from ..models.embedding import (QUERY_INSTRUCTION, TARGET_INSTRUCTION, EncodeSettings, embed, encode, encode_texts,
-                                hidden_size, resolve_dims, tokenize, truncate)
-from ..training.grad_cache import cached_step, split_rows
-from ..training.trainer import DropOnTrainEnd
-from .base import Objective
+from ..evaluation.retrieval import RetrievalEvaluator, encode_targets, target_rows, unique_targets
+from ..models.embedding import EncodeSettings, embed, encode_texts, hidden_size, resolve_dims, tokenize, truncate
+from .base import DropOnTrainEnd, Objective
+from .grad_cache import cached_step, split_rows
 
 SCALE_PARAM = "mrl_logit_scale"  # learnable log(1/temperature), lives on the model during training only
 MAX_LOGIT_SCALE = 100.0  # as CLIP: temperature >= 0.01 keeps the softmax trainable
-
-
-@dataclass(frozen=True)
-class MRLOptions:
-    pooling: Literal["last", "mean"] = "last"
-    """Last real token of the final hidden state (VLM2Vec/GME), or the mean over real tokens."""
-    dims: tuple[int, ...] = ()
-    """Matryoshka dims; () = derived from the hidden size (16,32,64,128 for the tiny base)."""
-    dim_weights: tuple[float, ...] = ()
-    """One weight per dim (ascending dims); () = 1.0 each (the losses are summed)."""
-    temperature: float = 0.05
-    learn_temperature: bool = False
-    """Train log(1/temperature) from `temperature`, capped at 1/0.01."""
-    num_hard_negatives: int = 0
-    """Hard-negative targets per query (synthetic data: one-attribute changes)."""
-    hard_negatives: Literal["data", "mined"] = "data"
-    """Where they come from: the data's own, or mined before each stage by the model as it is then
-    (every training query against every training target, the top-ranked non-positives)."""
-    mining_margin: float | None = None
-    """None: every candidate but the positive may be mined. A value m skips candidates scoring
-    above m x the positive's score as likely unlabelled positives (NV-Retriever's positive-aware
-    mining uses 0.95); it needs a model that already ranks, since a base that was never trained
-    as an embedder scores everything near the positive and the margin would leave nothing."""
-    gather_across_processes: bool = True
-    """Under DDP, every process's embeddings are negatives for every query (gathered with gradients)."""
-    grad_cache_chunk: int = 0
-    """> 0: GradCache with chunks of this many rows; 0: one forward per batch."""
-    query_instruction: str = QUERY_INSTRUCTION
-    target_instruction: str = TARGET_INSTRUCTION
-    max_length: int = 1024
-    """Longest embedding input in tokens; longer is an error, never truncated."""
-    ema_decay: float = 0.0
-    """> 0: keep an exponential moving average of the trainable weights and end training on it."""
-
-    def __post_init__(self):
-        if self.temperature <= 0:
-            raise InputError(f"objective.options.temperature={self.temperature}: must be positive")
-        if self.dim_weights and len(self.dim_weights) != len(self.dims):
-            raise InputError("objective.options.dim_weights needs one weight per entry of objective.options.dims "
-                             "(set dims explicitly to weight them)")
-        if any(w < 0 for w in self.dim_weights):
-            raise InputError("objective.options.dim_weights must be >= 0")
-        if self.num_hard_negatives < 0 or self.grad_cache_chunk < 0:
-            raise InputError("objective.options.num_hard_negatives and grad_cache_chunk must be >= 0")
-        if self.hard_negatives == "mined" and self.num_hard_negatives < 1:
-            raise InputError("objective.options.hard_negatives=mined needs objective.options.num_hard_negatives >= 1")
-        if self.mining_margin is not None and not 0 < self.mining_margin <= 1:
-            raise InputError(f"objective.options.mining_margin={self.mining_margin}: must be in (0, 1]")
-        if not 0 <= self.ema_decay < 1:
-            raise InputError(f"objective.options.ema_decay={self.ema_decay}: must be in [0, 1)")
-
-    def encode_settings(self, batch_size: int) -> EncodeSettings:
-        return EncodeSettings(self.pooling, self.query_instruction, self.target_instruction, self.max_length,
-                              batch_size)
 
 
 # --- the loss -----------------------------------------------------------------------------
@@ -138,8 +83,7 @@ class MRLCollator:
     """list[RetrievalSample] -> query and target processor batches ("query_*", "target_*").
 
     Targets are [every positive, then every sample's first k hard negatives]; each group carries
-    `*_images_per_row` so GradCache can split its flat pixel_values by row. The resolved options
-    ride along under "mrl_options" (the loss needs them; the Trainer passes non-tensors through).
+    `*_images_per_row` so GradCache can split its flat pixel_values by row.
     """
 
     def __init__(self, processor, options: MRLOptions):
@@ -155,7 +99,6 @@ class MRLCollator:
         batch = self._group("query", [s.query for s in samples], [None] * len(samples), self.options.query_instruction)
         batch.update(self._group("target", [t.text for t in targets], [t.image for t in targets],
                                  self.options.target_instruction))
-        batch["mrl_options"] = self.options
         return batch
 
     def _group(self, prefix: str, texts, images, instruction: str) -> dict:
@@ -174,24 +117,23 @@ def group_inputs(inputs: dict, prefix: str) -> tuple[dict[str, torch.Tensor], to
 
 class MRL(Objective):
     name = "mrl"
-    Options = MRLOptions
+    data_kind = "retrieval"
 
-    def load_data(self, recipe):
-        data, options = recipe.data, self.options(recipe)
+    def __init__(self, recipe, processor, family):
+        super().__init__(recipe, processor, family)
+        self.collate = MRLCollator(processor, self.options)
+
+    def load_data(self):
+        options = self.options
         from_data = options.num_hard_negatives if options.hard_negatives == "data" else 0
-        return load_retrieval_splits(data.dataset, data.num_train, data.num_test, recipe.seed,
-                                     from_data, data.max_train, data.max_test)
-
-    def make_collator(self, processor, family, recipe):
-        return MRLCollator(processor, self.options(recipe))
+        return load_splits(self.recipe.data, self.data_kind, self.recipe.seed, num_hard_negatives=from_data)
 
     def prepare_trainer(self, trainer) -> None:
-        options: MRLOptions = trainer.data_collator.options
+        options = self.options
         if options.hard_negatives == "mined":
             # a batch that fits for training (with gradients) fits for the encoding pass
-            trainer.train_dataset = mine_hard_negatives(trainer.model, trainer.data_collator.processor,
-                                                        list(trainer.train_dataset), options,
-                                                        trainer.args.per_device_train_batch_size)
+            trainer.train_dataset = mine_hard_negatives(trainer.model, self.processor, list(trainer.train_dataset),
+                                                        options, trainer.args.per_device_train_batch_size)
         if options.learn_temperature:
             model = trainer.model
             device = next(model.parameters()).device
@@ -202,30 +144,29 @@ class MRL(Objective):
             trainer.add_callback(WeightEMA(trainer.model, options.ema_decay))
 
     def compute_loss(self, model, inputs, num_items_in_batch=None):
-        options: MRLOptions = inputs["mrl_options"]
         queries, _ = group_inputs(inputs, "query")
         targets, _ = group_inputs(inputs, "target")
-        return self._loss(model, options, embed(model, queries, options.pooling),
-                          embed(model, targets, options.pooling))
+        pooling = self.options.pooling
+        return self.loss(model, embed(model, queries, pooling), embed(model, targets, pooling))
 
     def training_step(self, trainer, model, inputs, num_items_in_batch=None):
-        options: MRLOptions = inputs["mrl_options"]
-        if options.grad_cache_chunk <= 0:
+        chunk = self.options.grad_cache_chunk
+        if chunk <= 0:
             return None  # the Trainer's own step, with compute_loss above
         model.train()
         inputs = trainer._prepare_inputs(inputs)
-        parts = [split_rows(*group_inputs(inputs, prefix), options.grad_cache_chunk) for prefix in ("query", "target")]
+        parts = [split_rows(*group_inputs(inputs, prefix), chunk) for prefix in ("query", "target")]
         scale = 1.0 / trainer.current_gradient_accumulation_steps  # as Trainer.training_step scales its loss
 
-        def encode_chunk(chunk):
+        def encode_chunk(rows):
             with trainer.compute_loss_context_manager():
-                return embed(model, chunk, options.pooling)
+                return embed(model, rows, self.options.pooling)
 
-        loss = cached_step(encode_chunk, parts, lambda q, t: self._loss(model, options, q, t) * scale,
+        return cached_step(encode_chunk, parts, lambda q, t: self.loss(model, q, t) * scale,
                            trainer.accelerator.backward, lambda: trainer.accelerator.no_sync(model))
-        return loss
 
-    def _loss(self, model, options: MRLOptions, queries, targets) -> torch.Tensor:
+    def loss(self, model, queries, targets) -> torch.Tensor:
+        options = self.options
         dims = resolve_dims(options.dims, hidden_size(model))
         weights = options.dim_weights or (1.0,) * len(dims)
         if options.dim_weights:  # weights follow the configured order; dims are used sorted
@@ -235,48 +176,12 @@ class MRL(Objective):
             else 1.0 / options.temperature
         return matryoshka_info_nce(queries, targets, dims, weights, logit_scale, options.gather_across_processes)
 
-    def evaluate(self, model, processor, family, recipe, samples, desc):
-        options = self.options(recipe)
-        settings = options.encode_settings(recipe.eval.batch_size)
-        gallery = unique_targets(samples)
-        keys = [t.key for t in gallery]
-        queries = encode_texts(model, processor, [s.query for s in samples], settings)  # (Q, H)
-        targets = encode_targets(model, processor, gallery, settings)  # (G, H)
-        relevant = torch.zeros(len(samples), len(keys), dtype=torch.bool)
-        relevant[torch.arange(len(samples)), target_rows(samples, gallery)] = True
-        dims = resolve_dims(options.dims, hidden_size(model))
-        top = (queries @ targets.T).topk(min(10, len(keys)), dim=1).indices  # full dim
-        predictions = [{"query": s.query, "target": s.target.key, "top10": [keys[j] for j in row]}
-                       for s, row in zip(samples, top.tolist())]
-        return {"metrics": metrics_by_dim(queries, targets, relevant, dims), "predictions": predictions,
-                "gallery_size": len(keys), "num_queries": len(samples)}
+    def evaluator(self):
+        settings = EncodeSettings.from_options(self.options, self.recipe.eval.batch_size)
+        return RetrievalEvaluator(self.processor, settings, self.options.dims)
 
-    def summary(self, model, recipe) -> dict:
-        return {"dims": list(resolve_dims(self.options(recipe).dims, hidden_size(model)))}
-
-    def report(self, run_dir, metrics, base_eval, finetuned_eval, samples):
-        write_retrieval_report(run_dir, metrics, finetuned_eval, samples)
-
-
-def unique_targets(samples: list[RetrievalSample]) -> list[Target]:
-    """The gallery: each sample's target once (equal keys are one item), in first-seen order."""
-    seen: dict[str, Target] = {}
-    for s in samples:
-        seen.setdefault(s.target.key, s.target)
-    return list(seen.values())
-
-
-def target_rows(samples: list[RetrievalSample], gallery: list[Target]) -> torch.Tensor:
-    """Each sample's own target as a row of `gallery` (matched by key)."""
-    index = {t.key: i for i, t in enumerate(gallery)}
-    return torch.tensor([index[s.target.key] for s in samples])
-
-
-def encode_targets(model, processor, targets: list[Target], settings) -> torch.Tensor:
-    """(N, H) embeddings in `targets` order: images (with their optional text) and text-only
-    targets, all with the target instruction (rows are padding-invariant, so they may share a batch)."""
-    return encode(model, processor, [t.text for t in targets], [t.image for t in targets],
-                  settings.target_instruction, settings)
+    def summary(self, model) -> dict:
+        return {"dims": list(resolve_dims(self.options.dims, hidden_size(model)))}
 
 
 def mine_hard_negatives(model, processor, samples: list[RetrievalSample], options: MRLOptions,
@@ -289,7 +194,7 @@ def mine_hard_negatives(model, processor, samples: list[RetrievalSample], option
     if len(gallery) <= k:
         raise InputError(f"hard_negatives=mined: {len(gallery)} distinct training targets cannot give "
                          f"{k} negatives per query; lower objective.options.num_hard_negatives")
-    settings = options.encode_settings(batch_size)
+    settings = EncodeSettings.from_options(options, batch_size)
     scores = encode_texts(model, processor, [s.query for s in samples], settings) \
         @ encode_targets(model, processor, gallery, settings).T  # (Q, G), full dim
     rows, own = torch.arange(len(samples)), target_rows(samples, gallery)
@@ -337,4 +242,4 @@ class WeightEMA(TrainerCallback):
             param.copy_(average)
 
 
-OBJECTIVE = MRL()
+OBJECTIVE_CLASS = MRL

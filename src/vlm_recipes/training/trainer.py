@@ -6,18 +6,12 @@ objective only supplies the collator and, where it is not next-token cross-entro
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from ..config import StageConfig, TrainConfig
-from ..errors import InputError
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf: stopping beats training on garbage."""
+from ..config import StageConfig, TrainConfig, TrainingDiverged
 
 
 class RecipeTrainer(Trainer):
@@ -53,24 +47,9 @@ class DivergenceGuard(TrainerCallback):
                                    "carries loss (check the label mask) or the model collapsed")
 
 
-class DropOnTrainEnd(TrainerCallback):
-    """Deletes a training-only attribute of the model (a parameter or submodule an objective
-    added: mrl's learned temperature, pretraining's dense head) when training ends, so the saved
-    checkpoint holds only the architecture's own weights."""
-
-    def __init__(self, model, name: str):
-        self.model, self.name = model, name
-
-    def on_train_end(self, args, state, control, **kwargs):
-        delattr(self.model, self.name)
-
-
 def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bool, use_cpu: bool,
                        report_to: list[str]) -> TrainingArguments:
-    known = {f.name for f in dataclasses.fields(TrainingArguments)}
-    bad = sorted(set(train.extra) - known)
-    if bad:
-        raise InputError(f"train.extra.{bad[0]} is not a TrainingArguments field")
+    """The stage's TrainingArguments (its `extra` keys were checked against them at load time)."""
     settings = dict(
         output_dir=str(output_dir),
         learning_rate=train.learning_rate,
@@ -97,13 +76,14 @@ def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bo
     return TrainingArguments(**settings)
 
 
-def train_stage(model, stage: StageConfig, objective, collator, train_data: list, output_dir: Path,
+def train_stage(model, stage: StageConfig, objective, train_data: list, output_dir: Path,
                 seed: int, bf16: bool, use_cpu: bool, report_to: list[str]) -> list[dict]:
-    """Train `model` in place for one stage; returns the trainer's log history."""
+    """Train `model` in place for one stage with `objective` (its collate, loss, step hooks);
+    returns the trainer's log history."""
     args = training_arguments(stage.train, output_dir, seed, bf16, use_cpu, report_to)
     if stage.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # frozen embeddings + checkpointing need grads on inputs
-    trainer = RecipeTrainer(model=model, args=args, train_dataset=train_data, data_collator=collator,
+    trainer = RecipeTrainer(model=model, args=args, train_dataset=train_data, data_collator=objective.collate,
                             objective=objective, callbacks=[DivergenceGuard()])
     trainer.train()
     return trainer.state.log_history
