@@ -157,3 +157,16 @@ def test_the_console_command_reports_bad_input_in_one_line(paths):
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: model {paths / 'nope'} does not exist: pass a run's model/ directory, a checkpoint directory, "
         "a hub id or 'tiny'"], result.stderr
+
+
+@pytest.mark.slow
+def test_base_and_finetuned_metrics_reach_tensorboard(run):
+    """run_recipe logs the evaluation next to the training curves, not only into metrics.json."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "trainer" / "evaluation"))
+    events.Reload()
+    metrics = json.loads((run / "metrics.json").read_text())
+    for name in ("base", "finetuned"):
+        logged = events.Scalars(f"eval/{name}/mean_iou")
+        assert len(logged) == 1 and logged[0].value == pytest.approx(metrics[name]["mean_iou"], abs=1e-6)
