@@ -17,12 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InputError, TrainingDiverged
+from .predict import OneLineParser
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vlm-recipes train", description="Fine-tune a Qwen-VL model with a named recipe "
+    p = OneLineParser(prog="vlm-recipes train", description="Fine-tune a Qwen-VL model with a named recipe "
                                 "and compare it with its base model.")
     p.add_argument("--recipe", help="recipe name (see --list) or path to a recipe .yaml")
     p.add_argument("--list", action="store_true", help="list the recipes with one-line descriptions and exit")
@@ -177,10 +178,10 @@ def list_recipes() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     from ..training.preemption import Interrupted, signals_stop_the_run
 
     try:
+        args = build_parser().parse_args(argv)
         if args.list:
             print(list_recipes())
             return 0
