@@ -59,8 +59,11 @@ class ModelConfig:
         if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
             raise InputError("model.attn_implementation=flash_attention_2: the flash_attn package is not "
                              "installed here; use sdpa (the default) or install flash-attn on a CUDA machine")
+        for key in ("min_pixels", "max_pixels"):  # 0 is not "unset": the processor would fail on it later
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise InputError(f"model.{key}={getattr(self, key)}: must be >= 1 (or null: the checkpoint's own)")
         lo, hi = self.min_pixels or 1, self.max_pixels or self.min_pixels or 1
-        if lo <= 0 or lo > hi:
+        if lo > hi:
             raise InputError(f"model.min_pixels={self.min_pixels} and model.max_pixels={self.max_pixels}: "
                              "need 0 < min_pixels <= max_pixels")
 

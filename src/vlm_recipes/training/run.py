@@ -151,8 +151,8 @@ def _train_one_stage(model, recipe, stage, objective, data, base, run_dir, outpu
 @contextmanager
 def phase(name: str):
     """An interruption inside the block is reported as having happened in `name` (status.json)."""
-    send_test_signal("evaluation")
     try:
+        send_test_signal("evaluation")
         yield
     except Interrupted as err:
         err.stage = err.stage or name
