@@ -140,9 +140,10 @@ def test_sigint_is_one_line_and_state_interrupted(tmp_path):
     assert not (run_dir / LOCK_FILE).exists() and not (run_dir / "base_eval.json").exists()
 
 
+@pytest.mark.slow  # two processes, each a base evaluation and a step: ~1 min on 2 busy cores
 def test_two_concurrent_runs_exactly_one_proceeds(tmp_path):
     """Two real processes into one directory: one holds the lock (and stops itself at its first
-    training step), the other fails at once naming its pid."""
+    training step), the other fails at once naming its pid. (In-process: test_live_lock_...)"""
     run_dir = tmp_path / "run"
     args = ["--recipe", "r4-joint", "--max-steps", 1, *TINY, *SHORT_ANSWERS, "--output-dir", run_dir]
     procs = [_train_process(*args, signal_at="joint-lora:0:SIGTERM") for _ in range(2)]
@@ -317,9 +318,9 @@ def test_bad_run_recipes_input(args, needle, tmp_path):
 
 
 def test_script_entry_points_one_line_no_traceback(files):
-    """The scripts as users start them (a process each: argparse and exit codes end to end)."""
-    for script, argv in [("train_recipe.py", ["--recipe", "r4-joint", "--max-steps", "0"]),
-                         ("encode.py", ["--model", "/nonexistent", "--images", str(files["file"]), "--query", "q"]),
+    """The scripts as users start them (a process each: argparse and exit codes end to end;
+    train_recipe.py's is tests/test_cli.py::test_script_exit_code_and_no_traceback)."""
+    for script, argv in [("encode.py", ["--model", "/nonexistent", "--images", str(files["file"]), "--query", "q"]),
                          ("compare_runs.py", [str(files["run"]), "--out-dir", f"{files['file']}/x"])]:
         proc = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *argv], capture_output=True,
                               text=True, env=_env(), timeout=300)

@@ -70,13 +70,13 @@ def check_args(args) -> None:
 
 
 def run(args) -> int:
+    check_args(args)  # before the heavy imports: a typo costs no torch start-up
     import numpy as np
 
     from ..api import check_out_dir
     from ..data.sources import image_files, open_image
     from ..models.embedding import Embedder, truncate
 
-    check_args(args)
     out = check_out_dir(args.out) if args.out else None
     paths = image_files(args.images) if args.images else []
     pictures = [open_image(p) for p in paths]  # a bad image fails here, before the model loads
