@@ -371,3 +371,62 @@ def test_retrieval_metrics_on_a_gallery_under_ten():
     metrics = retrieval_metrics(scores, torch.eye(3, dtype=torch.bool))
     assert metrics["recall@10"] == 1.0 and metrics["recall@1"] == pytest.approx(1 / 3)
     assert 0 < metrics["ndcg@10"] < 1
+
+
+# --- run_recipes.sh: SIGTERM reaches the runs, the sweep waits and prints what finished ----------
+
+SIGNAL_AWARE_TRAINER = '''#!{python}
+"""Stands in for the interpreter: a train_recipe.py that stops on SIGTERM as the real one does (status
+"interrupted", exit 143); r2 completes at once. compare_runs.py runs for real."""
+import json, runpy, signal, sys, time
+from pathlib import Path
+
+if sys.argv[1].endswith("compare_runs.py"):
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+args = sys.argv[2:]
+recipe, out = args[args.index("--recipe") + 1], Path(args[args.index("--output-dir") + 1])
+out.mkdir(parents=True)
+def stop(signum, frame):
+    (out / "status.json").write_text(json.dumps({{"state": "interrupted", "stage": "main", "step": 3}}))
+    sys.exit(128 + signum)
+signal.signal(signal.SIGTERM, stop)
+if recipe == "r2-vision-only":
+    m = {{"mean_iou": 0.6, "median_iou": 0.6, "detection_rate": 1.0, "iou_gt_0.5": 0.6, "iou_gt_0.7": 0.6,
+          "ap": 0.6, "ap50": 0.6, "n": 4}}
+    (out / "metrics.json").write_text(json.dumps({{"recipe": recipe, "base": m, "finetuned": m,
+        "train_seconds": 1, "trainable_params": 10, "stages": []}}))
+    (out / "status.json").write_text(json.dumps({{"state": "complete"}}))
+    sys.exit(0)
+(out / "status.json").write_text(json.dumps({{"state": "running"}}))
+time.sleep(120)
+'''
+
+
+def _wait_for(condition, timeout: float = 60) -> None:
+    """Poll a file condition (what the processes wrote), not a fixed sleep."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_sweep_forwards_sigterm_and_prints_what_finished(tmp_path):
+    fake = tmp_path / "fake-python"
+    fake.write_text(SIGNAL_AWARE_TRAINER.format(python=sys.executable))
+    fake.chmod(0o755)
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "run_recipes.sh"), "--out", str(sweep), "parallel",
+                             "r1", "r2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(PYTHON=str(fake), RUN_RECIPES_GPU_COUNT="0", RUN_RECIPES_CPU_COUNT="2"))
+    running = sweep / "r1-llm-only" / "status.json"
+    _wait_for(lambda: running.is_file() and (sweep / "r2-vision-only" / "metrics.json").is_file())
+    start = time.time()
+    proc.send_signal(15)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out + err
+    assert time.time() - start < 60  # not the 120 s the run would have slept
+    assert _status(sweep / "r1-llm-only") == {"state": "interrupted", "stage": "main", "step": 3}
+    assert "r1-llm-only: interrupted (exit 143): resume with" in out
+    assert "| r2-vision-only | r2-vision-only |" in out and (sweep / "leaderboard.md").is_file()  # what finished
+    assert "status 'interrupted'" in out  # and what did not
