@@ -229,7 +229,7 @@ def interrupted_line(err) -> str:
     what = str(err)  # "interrupted by SIGTERM"
     if run_dir is None or not (run_dir / "status.json").is_file():
         return f"{what} before the run started: nothing to resume, start it again"
-    where = f"{err.stage} at step {err.step}, checkpoint saved" if err.step is not None else err.stage
+    where = f"{err.stage} at step {err.step}, checkpoint saved" if err.step is not None else err.stage or "loading"
     return f"{what} ({where}); resume with: vlm-recipes train --resume {run_dir}"
 
 
