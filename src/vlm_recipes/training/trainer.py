@@ -15,7 +15,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from ..config import StageConfig, TrainConfig, TrainingDiverged
 from .preemption import Interrupted, StopOnSignal, stop_requested, training_phase
 
-LOSS_POINTS = 10
+LOSS_POINTS = 5
 """A stage logs its loss at least this many times (when it has that many steps): loss.png shows a curve
 and the divergence check has a first value to compare with, however short the run."""
 
