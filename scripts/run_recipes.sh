@@ -45,7 +45,12 @@ Environment
   RUN_RECIPES_GPU_COUNT / RUN_RECIPES_CPU_COUNT
                         override the detected GPU / CPU-core count (tests, dry runs)
 
-Exit status: 0 when every run completed; 1 when any run failed (see its log); 2 on bad arguments.
+Signals: SIGTERM/SIGINT go to every running recipe, which saves a checkpoint and stops; the
+sweep waits for them, starts no further recipe, prints the leaderboard of what finished, and
+exits 143/130. Continue a run with scripts/train_recipe.py --resume SWEEP/<recipe>.
+
+Exit status: 0 when every run completed; 1 when any run failed (see its log); 2 on bad arguments;
+143 / 130 when stopped by SIGTERM / SIGINT.
 EOF
 }
 
@@ -187,46 +192,76 @@ if ((DRY_RUN)); then
 fi
 
 # --- running ----------------------------------------------------------------------------------
+# Each run starts in the background and the script waits for it: bash runs a trap only between
+# commands, so a foreground run would hold a SIGTERM back until it ended. On SIGTERM/SIGINT the
+# signal goes to every run (each saves a checkpoint and writes status.json "interrupted"), the
+# script waits for them, starts no further recipe, prints the leaderboard of what finished and
+# exits 128 + the signal (143 / 130).
 mkdir -p "$SWEEP"
-declare -a STATUS SECONDS_OF PIDS=()
-cleanup() { ((${#PIDS[@]})) && kill "${PIDS[@]}" 2>/dev/null; exit 130; }
-trap cleanup INT TERM
+declare -a STATUS SECONDS_OF START PIDS=()
+STOPPED=""
+on_signal() {
+  [[ -n "$STOPPED" ]] || echo "received SIG$1: stopping the runs (each saves a checkpoint; resume with --resume)" >&2
+  STOPPED=$1
+  local pid; for pid in "${PIDS[@]}"; do [[ -z "$pid" ]] || kill -s "$1" "$pid" 2>/dev/null; done
+}
+trap 'on_signal TERM' TERM
+trap 'on_signal INT' INT
+
+start_run() {  # index [tee]: start run i in the background, its output to its log (and the terminal)
+  local i=$1 log="$SWEEP/${NAMES[$1]}.log"
+  mapfile -t cmd < <(command_for "$i")
+  START[$i]=$(date +%s)
+  if [[ "${2:-}" == tee ]]; then "${ENV_PREFIX[@]}" "${cmd[@]}" > >(tee "$log") 2>&1 &
+  else "${ENV_PREFIX[@]}" "${cmd[@]}" >"$log" 2>&1 &
+  fi
+  PIDS[$i]=$!
+}
+
+wait_run() {  # index: wait for run i to end (a trapped signal interrupts `wait`: wait again)
+  local i=$1 pid=${PIDS[$1]} rc
+  while :; do
+    wait "$pid"; rc=$?
+    kill -0 "$pid" 2>/dev/null || break
+  done
+  STATUS[$i]=$rc
+  SECONDS_OF[$i]=$(($(date +%s) - START[$i]))
+}
 
 if [[ "$MODE" == parallel ]]; then
   for ((i = 0; i < RUNS; i++)); do
-    mapfile -t cmd < <(command_for "$i")
-    START[$i]=$(date +%s)
-    "${ENV_PREFIX[@]}" "${cmd[@]}" >"$SWEEP/${NAMES[$i]}.log" 2>&1 &
-    PIDS+=($!)
-    echo "started ${NAMES[$i]} (pid $!, ${GPUS_OF[$i]:-default device}${THREADS:+, $THREADS thread(s)}), log $SWEEP/${NAMES[$i]}.log"
+    start_run "$i"
+    echo "started ${NAMES[$i]} (pid ${PIDS[$i]}, ${GPUS_OF[$i]:-default device}${THREADS:+, $THREADS thread(s)}), log $SWEEP/${NAMES[$i]}.log"
   done
   for ((i = 0; i < RUNS; i++)); do
-    wait "${PIDS[$i]}"; STATUS[$i]=$?
-    SECONDS_OF[$i]=$(($(date +%s) - START[$i]))
+    wait_run "$i"
     echo "finished ${NAMES[$i]}: exit ${STATUS[$i]} after ${SECONDS_OF[$i]} s"
   done
 else
   for ((i = 0; i < RUNS; i++)); do
-    mapfile -t cmd < <(command_for "$i")
+    [[ -z "$STOPPED" ]] || break
     echo "=== ${NAMES[$i]} (log $SWEEP/${NAMES[$i]}.log)"
-    start=$(date +%s)
-    "${cmd[@]}" 2>&1 | tee "$SWEEP/${NAMES[$i]}.log"
-    STATUS[$i]=${PIPESTATUS[0]}
-    SECONDS_OF[$i]=$(($(date +%s) - start))
+    start_run "$i" tee
+    wait_run "$i"
   done
+  wait  # the tee of the last run: its output is complete before the summary
 fi
-trap - INT TERM
 
 FAILED=0
 echo
 echo "## Runs"
 for ((i = 0; i < RUNS; i++)); do
-  if ((STATUS[i] == 0)); then result="ok"; else result="FAILED (exit ${STATUS[$i]}, see $SWEEP/${NAMES[$i]}.log)"; FAILED=1; fi
-  echo "- ${NAMES[$i]}: $result, ${SECONDS_OF[$i]} s"
+  if [[ -z "${STATUS[$i]:-}" ]]; then result="not started (the sweep was stopped)"; FAILED=1
+  elif ((STATUS[i] == 0)); then result="ok"
+  elif ((STATUS[i] == 130 || STATUS[i] == 143)); then
+    result="interrupted (exit ${STATUS[$i]}): resume with scripts/train_recipe.py --resume $SWEEP/${NAMES[$i]}"; FAILED=1
+  else result="FAILED (exit ${STATUS[$i]}, see $SWEEP/${NAMES[$i]}.log)"; FAILED=1; fi
+  echo "- ${NAMES[$i]}: $result${SECONDS_OF[$i]:+, ${SECONDS_OF[$i]} s}"
 done
 echo
 "$PY" "$ROOT/scripts/compare_runs.py" "${RUN_DIRS[@]}" --out-dir "$SWEEP"
 COMPARE=$?
+case "$STOPPED" in TERM) exit 143 ;; INT) exit 130 ;; esac
 if ((FAILED)); then exit 1; fi
 ((COMPARE == 0)) || exit 1
 exit 0

@@ -9,6 +9,8 @@ or model is loaded. This module is the bottom layer: it imports no other module 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,7 +28,12 @@ class InputError(ValueError):
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf or blew up: stopping beats training on garbage (CLI: one line, exit 1)."""
+    """The loss became NaN/inf or blew up: stopping beats training on garbage (CLI: one line, exit 1).
+    `step` is the global step it was seen at (written to status.json)."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,15 @@ class ModelConfig:
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
 
     def __post_init__(self):
+        # transformers only finds out when the weights load, after data and the base evaluation
+        if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise InputError("model.attn_implementation=flash_attention_2: the flash_attn package is not "
+                             "installed here; use sdpa (the default) or install flash-attn on a CUDA machine")
+        for key in ("min_pixels", "max_pixels"):  # 0 is not "unset": the processor would fail on it later
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise InputError(f"model.{key}={getattr(self, key)}: must be >= 1 (or null: the checkpoint's own)")
         lo, hi = self.min_pixels or 1, self.max_pixels or self.min_pixels or 1
-        if lo <= 0 or lo > hi:
+        if lo > hi:
             raise InputError(f"model.min_pixels={self.min_pixels} and model.max_pixels={self.max_pixels}: "
                              "need 0 < min_pixels <= max_pixels")
 
@@ -81,6 +95,10 @@ class LoraConfig:
             raise InputError(f"lora.r={self.r}, lora.alpha={self.alpha}: both must be positive")
         if not 0 <= self.dropout < 1:
             raise InputError(f"lora.dropout={self.dropout}: must be in [0, 1)")
+        if self.targets in ("llm", "both") and not self.llm_modules:
+            raise InputError(f"lora.targets={self.targets} with an empty lora.llm_modules: name the Linear layers")
+        if self.targets in ("vision", "both") and not self.vision_modules:
+            raise InputError(f"lora.targets={self.targets} with an empty lora.vision_modules: name the Linear layers")
 
 
 @dataclass(frozen=True)
@@ -105,12 +123,20 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     logging_steps: int = 10
+    """Log the loss every this many steps, capped so that a short run still logs a curve."""
+    save_steps: int = 500
+    """Save a checkpoint (weights, optimizer, scheduler, RNG) every this many steps, and at the end of
+    the stage; `--resume` continues from the latest one. SIGTERM/SIGINT also save one."""
+    save_total_limit: int = 2
+    """Keep only this many checkpoints per stage (the oldest are deleted)."""
+    divergence_factor: float = 10.0
+    """Stop (exit 1) when the logged loss exceeds this many times the first logged loss; 0 = off."""
     extra: dict = field(default_factory=dict)
     """Passed to TrainingArguments as is (checked against its fields at load time)."""
 
     def __post_init__(self):
-        if self.learning_rate <= 0:
-            raise InputError(f"train.learning_rate={self.learning_rate}: must be positive")
+        if not 0 < self.learning_rate < math.inf:
+            raise InputError(f"train.learning_rate={self.learning_rate}: must be positive and finite")
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise InputError("train.per_device_train_batch_size and train.gradient_accumulation_steps must be >= 1")
         if self.max_steps == 0 or self.max_steps < -1:
@@ -121,8 +147,11 @@ class TrainConfig:
             raise InputError(f"train.warmup_ratio={self.warmup_ratio}: must be in [0, 1) (a fraction of the steps)")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise InputError("train.weight_decay and train.max_grad_norm must be >= 0")
-        if self.logging_steps < 1:
-            raise InputError(f"train.logging_steps={self.logging_steps}: must be >= 1")
+        for key in ("logging_steps", "save_steps", "save_total_limit"):
+            if getattr(self, key) < 1:
+                raise InputError(f"train.{key}={getattr(self, key)}: must be >= 1")
+        if not (self.divergence_factor == 0 or self.divergence_factor > 1) or not math.isfinite(self.divergence_factor):
+            raise InputError(f"train.divergence_factor={self.divergence_factor}: must be > 1, or 0 to turn the check off")
         _check_against_trainer(self)
 
 
@@ -138,6 +167,15 @@ def _check_against_trainer(train: TrainConfig) -> None:
     if bad:
         raise InputError(f"train.extra.{bad[0]} is not a TrainingArguments field: see "
                          "transformers.TrainingArguments for the valid names")
+    try:  # the values too: TrainingArguments checks them when built, which is cheap (no device is touched)
+        TrainingArguments(output_dir="unused", use_cpu=True, report_to=[], **train.extra)
+    except (ValueError, TypeError) as err:
+        raise InputError(f"train.extra ({', '.join(f'{k}={v!r}' for k, v in train.extra.items())}): "
+                         f"{_first_line(err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 @dataclass(frozen=True)
@@ -342,8 +380,11 @@ class EvalConfig:
     """Test images drawn with true and predicted boxes in predictions.png."""
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.max_new_tokens < 1 or self.num_plot < 0:
-            raise InputError("eval.batch_size and eval.max_new_tokens must be >= 1, eval.num_plot >= 0")
+        for key in ("batch_size", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise InputError(f"eval.{key}={getattr(self, key)}: must be >= 1")
+        if self.num_plot < 0:
+            raise InputError(f"eval.num_plot={self.num_plot}: must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -358,6 +399,8 @@ class RecipeConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if not 0 <= self.seed < 2**32:  # numpy's seed range, which set_seed feeds
+            raise InputError(f"seed={self.seed}: must be in [0, 2**32)")
         if not self.stages:
             raise InputError(f"recipe {self.name!r} has no stages")
         for stage in self.stages[:-1]:
@@ -392,8 +435,9 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RecipeConfig:
     except yaml.YAMLError as err:
         raise InputError(f"recipe file {path} is not valid YAML: {err}".replace("\n", " ")) from None
     if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else f"a {type(raw).__name__}"
         raise InputError(f"recipe file {path}: the top level must be a mapping of recipe keys (name, stages, ...), "
-                         f"got {type(raw).__name__}")
+                         f"got {got}")
     for item in overrides:
         apply_override(raw, item)
     return from_dict(RecipeConfig, raw, "")

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from .predict import OneLineParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="compare_runs.py", description="Gather the metrics.json of run directories "
+    p = OneLineParser(prog="compare_runs.py", description="Gather the metrics.json of run directories "
                                 "into one leaderboard (markdown, CSV, bar chart). A directory holding runs "
                                 "(e.g. a sweep from run_recipes.sh) stands for every run in it.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or directories of runs")
@@ -39,10 +40,10 @@ def _is_leaf_run(path: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     from ..evaluation.leaderboard import Outputs, default_outputs, leaderboard_for, to_markdown, write_leaderboard
 
     try:
+        args = build_parser().parse_args(argv)
         paths = [Path(p) for p in args.runs]
         file_args = [f for f in (args.markdown, args.csv, args.retrieval_csv, args.plot) if f is not None]
         if args.no_files and file_args:
@@ -53,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             out = default_outputs(args.out_dir or common_parent(paths))
             outputs = Outputs(args.markdown or out.markdown, args.csv or out.csv,
                               args.retrieval_csv or out.retrieval_csv, args.plot or out.plot)
-            written = write_leaderboard(board, outputs)
+            try:
+                written = write_leaderboard(board, outputs)
+            except OSError as err:  # a read-only directory, or a path under a file
+                raise InputError(f"could not write the leaderboard ({err.strerror or err}: {err.filename}): "
+                                 "pass a writable --out-dir, or --no-files") from None
             print("\nwritten: " + ", ".join(str(p) for p in written))
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)

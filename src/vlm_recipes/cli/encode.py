@@ -8,14 +8,14 @@ Writes `images.npy` (N, H) float32 L2-normalised, `images.txt` (one path per row
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..errors import InputError
+from .predict import OneLineParser, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vlm-recipes encode", description="Embed images (and texts) with a Qwen-VL embedding "
+    p = OneLineParser(prog="vlm-recipes encode", description="Embed images (and texts) with a Qwen-VL embedding "
                                 "model, e.g. a run's model/ directory; optionally search them with a text query.")
     p.add_argument("--model", required=True, help="run's model/ dir (LoRA adapter or full), or a checkpoint dir")
     p.add_argument("--images", nargs="+", default=[], help="image files or directories of images")
@@ -49,39 +49,54 @@ def settings_for(model_dir: Path, pooling: str | None, batch_size: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_main(build_parser(), run, argv)
+
+
+def check_args(args) -> None:
+    """Every flag checked before the model loads or anything is written."""
+    for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size), ("--dim", args.dim)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} {value}: must be >= 1")
+    if not args.images and not args.texts:
+        raise InputError("nothing to embed: pass --images and/or --texts")
+    if args.query and not args.images:
+        raise InputError("--query searches images: pass --images too")
+    if not args.out and not args.query:
+        raise InputError("nothing to do: pass --out DIR (writes the embeddings) and/or --query TEXT (searches them)")
+    if args.texts and not args.texts.is_file():
+        raise InputError(f"--texts {args.texts}: no such file (one query a line)")
+    if not Path(args.model).is_dir():
+        raise InputError(f"--model {args.model}: no such directory; pass a run's model/ or a checkpoint directory")
 
 
 def run(args) -> int:
+    check_args(args)  # before the heavy imports: a typo costs no torch start-up
     import numpy as np
-    from PIL import Image
 
-    from ..data.sources import image_files
+    from ..api import check_out_dir
+    from ..data.sources import image_files, open_image
     from ..models.embedding import Embedder, truncate
 
+    out = check_out_dir(args.out) if args.out else None
     paths = image_files(args.images) if args.images else []
-    if not paths and not args.texts:
-        raise InputError("nothing to embed: pass --images and/or --texts")
-    if args.query and not paths:
-        raise InputError("--query searches images: pass --images too")
-    embedder = Embedder.load(args.model, settings=settings_for(Path(args.model), args.pooling, args.batch_size))
-    images = embedder.encode_images([Image.open(p) for p in paths]) if paths else None
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
+    pictures = [open_image(p) for p in paths]  # a bad image fails here, before the model loads
+    lines = [line for line in args.texts.read_text().splitlines() if line.strip()] if args.texts else []
+    try:
+        embedder = Embedder.load(args.model, settings=settings_for(Path(args.model), args.pooling, args.batch_size))
+    except (OSError, ValueError) as err:
+        raise InputError(f"--model {args.model} could not be loaded ({str(err).strip().splitlines()[0]}): pass a "
+                         "run's model/ or a checkpoint directory with its processor") from None
+    images = embedder.encode_images(pictures) if paths else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
         if images is not None:
-            np.save(args.out / "images.npy", images.numpy())
-            (args.out / "images.txt").write_text("".join(f"{p}\n" for p in paths))
-        if args.texts:
-            lines = [line for line in args.texts.read_text().splitlines() if line.strip()]
-            np.save(args.out / "texts.npy", embedder.encode_texts(lines).numpy())
+            np.save(out / "images.npy", images.numpy())
+            (out / "images.txt").write_text("".join(f"{p}\n" for p in paths))
+        if lines:
+            np.save(out / "texts.npy", embedder.encode_texts(lines).numpy())
     if args.query:
         dim = args.dim or images.shape[1]
-        if not 0 < dim <= images.shape[1]:
+        if dim > images.shape[1]:
             raise InputError(f"--dim {dim}: must be in 1..{images.shape[1]}")
         query = embedder.encode_texts([args.query])
         scores = (truncate(query, dim) @ truncate(images, dim).T)[0]

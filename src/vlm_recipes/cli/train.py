@@ -1,6 +1,8 @@
 """`python scripts/train_recipe.py --recipe NAME [...]`: train and evaluate one recipe.
+`python scripts/train_recipe.py --resume RUN_DIR`: continue an interrupted or failed run.
 
-Bad input ends with one line on stderr and exit code 2; a run that diverges ends with exit 1.
+Exit codes: 0 complete; 1 the run failed (diverged); 2 bad input (one line on stderr, nothing
+trained); 130 / 143 interrupted by SIGINT / SIGTERM (a checkpoint saved, one line saying how to resume).
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InputError, TrainingDiverged
+from .predict import OneLineParser
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vlm-recipes train", description="Fine-tune a Qwen-VL model with a named recipe "
+    p = OneLineParser(prog="vlm-recipes train", description="Fine-tune a Qwen-VL model with a named recipe "
                                 "and compare it with its base model.")
     p.add_argument("--recipe", help="recipe name (see --list) or path to a recipe .yaml")
     p.add_argument("--list", action="store_true", help="list the recipes with one-line descriptions and exit")
@@ -32,12 +36,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="train.max_steps for every stage (overrides epochs)")
     p.add_argument("--output-dir", type=Path, help="run directory (default: runs/<recipe>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="reuse an --output-dir that holds an earlier run")
+    p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
+                   help="continue the interrupted or failed run in RUN_DIR (or in --output-dir) from its latest "
+                   "checkpoint, with its own config.yaml")
     p.add_argument("--seed", type=int, help="random seed (data split, init, training order)")
     p.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases (TensorBoard always)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe field, e.g. --set train.learning_rate=1e-4 "
                    "--set stages.0.lora.r=8 (stage keys without stages.N apply to every stage)")
     return p
+
+
+RECIPE_FLAGS = ("recipe", "model", "family", "dataset", "epochs", "max_steps", "seed", "overrides", "overwrite")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """What argparse cannot say: training lengths, and the flags --resume cannot take."""
+    if args.max_steps is not None and args.max_steps < 1:
+        raise InputError(f"--max-steps {args.max_steps}: must be >= 1")
+    if args.epochs is not None and not args.epochs > 0:
+        raise InputError(f"--epochs {args.epochs:g}: must be positive")
+    if args.resume is None:
+        if not args.recipe:
+            raise InputError("--recipe is required: pass a name from --list, e.g. --recipe r4-joint")
+        return
+    if args.resume is not True and args.output_dir is not None and Path(args.resume) != args.output_dir:
+        raise InputError(f"--resume {args.resume} and --output-dir {args.output_dir}: name the run directory once")
+    if args.resume is True and args.output_dir is None:
+        raise InputError("--resume needs the run directory: --resume RUN_DIR (or --output-dir RUN_DIR --resume)")
+    given = [f"--{flag.replace('_', '-')}" for flag in RECIPE_FLAGS if getattr(args, flag) not in (None, False, [])]
+    if given:
+        raise InputError(f"--resume continues the run with its own config.yaml: drop {', '.join(given)}")
 
 
 def recipe_overrides(args: argparse.Namespace) -> list[str]:
@@ -80,16 +109,50 @@ def physical_gpu_count() -> int:
     return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
 
 
-def prepare_output_dir(path: Path | None, recipe_name: str, overwrite: bool) -> Path:
-    if path is None:
-        path = Path("runs") / f"{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+@contextmanager
+def claimed_output_dir(path: Path | None, recipe_name: str, overwrite: bool, resume: bool):
+    """The run directory, created if needed and locked (run.lock) before any data loads; released on
+    the way out, and removed again if it was created here and nothing was written into it."""
+    from ..training.run import acquire_lock, release_lock
+
+    path = path or Path("runs") / f"{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if path.exists() and not path.is_dir():
         raise InputError(f"--output-dir {path} is a file; pass a directory")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise InputError(f"--output-dir {path} already holds files; pass --overwrite or another directory")
-        shutil.rmtree(path)
-    return path
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        note = acquire_lock(path)  # also the writability check
+    except OSError as err:
+        raise InputError(f"--output-dir {path} is not writable ({err.strerror or err}): pass a directory you can "
+                         "write to") from None
+    try:
+        if note:
+            print(note, file=sys.stderr)
+        clear_for_run(path, overwrite, resume)
+        yield path
+    finally:
+        release_lock(path)
+        if created and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def clear_for_run(path: Path, overwrite: bool, resume: bool) -> None:
+    """Under the lock: a resume needs an unfinished run there; a new run needs the directory empty,
+    or --overwrite, which deletes what is there (never a directory another process holds)."""
+    from ..training.run import LOCK_FILE, read_json
+
+    earlier = [p for p in path.iterdir() if p.name != LOCK_FILE]
+    if resume:
+        state = read_json(path / "status.json", {}).get("state")
+        if state is None or not (path / "config.yaml").is_file():
+            raise InputError(f"--resume {path}: not a run directory (no status.json and config.yaml): nothing to resume")
+        if state == "complete":
+            raise InputError(f"--resume {path}: the run is already complete")
+        return
+    if earlier and not overwrite:
+        raise InputError(f"--output-dir {path} already holds files; pass --overwrite, --resume, or another directory")
+    for item in earlier:
+        shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
 
 
 def setup_wandb(run_dir: Path, enabled: bool) -> list[str]:
@@ -115,31 +178,59 @@ def list_recipes() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from ..training.preemption import Interrupted, signals_stop_the_run
+
     try:
+        args = build_parser().parse_args(argv)
         if args.list:
             print(list_recipes())
             return 0
-        if not args.recipe:
-            raise InputError("--recipe is required: pass a name from --list, e.g. --recipe r4-joint")
-        device = select_device(args.gpu)
-        from ..config import load_recipe
-        from ..training.run import run_recipe
-
-        recipe = load_recipe(args.recipe, recipe_overrides(args))
-        run_dir = prepare_output_dir(args.output_dir, recipe.name, args.overwrite)
-        report_to = setup_wandb(run_dir, not args.no_wandb)
-        command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
-        result = run_recipe(recipe, run_dir, device=device, report_to=report_to, command=command)
+        check_flags(args)
+        with signals_stop_the_run():
+            result = train(args, argv)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
+    except Interrupted as err:
+        print(interrupted_line(err), file=sys.stderr)
+        return err.exit_code
     print(result.summary)
     print(f"\nrun directory: {result.run_dir}")
     return 0
+
+
+def train(args: argparse.Namespace, argv: list[str] | None):
+    device = select_device(args.gpu)
+    from ..config import load_recipe
+    from ..training.preemption import Interrupted
+    from ..training.run import run_recipe
+
+    resume = args.resume is not None
+    run_dir = args.output_dir or (Path(args.resume) if resume else None)
+    if resume and not (run_dir / "config.yaml").is_file():
+        raise InputError(f"--resume {run_dir}: not a run directory (no config.yaml): nothing to resume")
+    recipe = load_recipe(str(run_dir / "config.yaml")) if resume else load_recipe(args.recipe, recipe_overrides(args))
+    with claimed_output_dir(run_dir, recipe.name, args.overwrite, resume) as run_dir:
+        report_to = setup_wandb(run_dir, not args.no_wandb)
+        command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+        try:
+            return run_recipe(recipe, run_dir, device=device, report_to=report_to, command=command, resume=resume)
+        except Interrupted as err:
+            err.run_dir = run_dir  # for the line saying how to resume
+            raise
+
+
+def interrupted_line(err) -> str:
+    """One line: what stopped, where, and the command that continues it."""
+    run_dir = getattr(err, "run_dir", None)
+    what = str(err)  # "interrupted by SIGTERM"
+    if run_dir is None or not (run_dir / "status.json").is_file():
+        return f"{what} before the run started: nothing to resume, start it again"
+    where = f"{err.stage} at step {err.step}, checkpoint saved" if err.step is not None else err.stage or "loading"
+    return f"{what} ({where}); resume with: vlm-recipes train --resume {run_dir}"
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ def plot_loss(history: list[dict], path: Path, title: str = "") -> None:
         steps = [p[0] for p in points if p[2] == stage]
         ax.plot(steps, [p[1] for p in points if p[2] == stage], label=stage or None)
     ax.set(xlabel="step", ylabel="training loss", title=f"{title} training loss")
+    if len(points) < 2:  # one point draws no line: say so rather than leave empty axes
+        for step, loss, _ in points:
+            ax.plot([step], [loss], "o")
+        ax.text(0.5, 0.5, f"too few loss points to draw a curve ({len(points)} logged)", ha="center",
+                va="center", transform=ax.transAxes)
     if len({p[2] for p in points}) > 1:
         ax.legend()
     fig.tight_layout()

@@ -24,8 +24,10 @@ METRIC_NAMES = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
 
 
 def retrieval_metrics(scores: torch.Tensor, relevant: torch.Tensor, top: int = 10) -> dict[str, float]:
-    """scores (queries, gallery), relevant (queries, gallery) bool; every query needs >= 1 relevant."""
+    """scores (queries, gallery), relevant (queries, gallery) bool; every query needs >= 1 relevant.
+    A gallery smaller than `top` ranks all of it (the @10 metrics are then over the whole gallery)."""
     relevant = relevant.bool()
+    top = min(top, scores.shape[1])
     num_relevant = relevant.sum(1).float()  # (queries,)
     if bool((num_relevant == 0).any()):
         raise ValueError("every query needs at least one relevant gallery item")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import LoraConfig, ModelConfig, QuantizationConfig, RecipeConfig, StageConfig
+from ..data.sources import check_hub_available
 from ..errors import InputError
 from ..families import FAMILIES, Family, get_family
 
@@ -35,7 +36,15 @@ def resolve_model_path(cfg: ModelConfig) -> str:
             raise InputError(f"the tiny {cfg.family} base is not built at {path}: run "
                              f"vlm-recipes build-base --family {cfg.family}")
         return str(path)
-    return cfg.name_or_path
+    name = cfg.name_or_path
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    # what cannot be a hub id ("org/name") is a directory that is not there
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).exists():
+        raise InputError(f"--model {name}: no such directory; pass a checkpoint directory, a hub id "
+                         "(org/name) or 'tiny'")
+    check_hub_available(name, "model")
+    return name
 
 
 @dataclass(frozen=True)
@@ -51,8 +60,8 @@ def open_base(cfg: ModelConfig) -> Base:
     """The one way to open a model: resolve `cfg.name_or_path`, load its processor, read its family.
     Fails with an InputError (one line) on anything a user can get wrong; loads no weights."""
     path = resolve_model_path(cfg)
-    processor = load_processor(path, cfg)
-    return Base(path, processor, model_family(path, cfg))
+    family = model_family(path, cfg)  # first: a config.json without a model type says so here
+    return Base(path, load_processor(path, cfg), family)
 
 
 def part_of(param_name: str) -> str:
@@ -77,7 +86,7 @@ def load_processor(path: str, cfg: ModelConfig):
 
     try:
         processor = AutoProcessor.from_pretrained(path)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise InputError(f"could not load a processor from {path!r}: {_first_line(err)}; pass a model "
                          "directory or hub id that includes the processor/tokenizer files") from None
     if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
@@ -106,7 +115,8 @@ def model_family(path: str, cfg: ModelConfig) -> Family:
     try:
         model_type = AutoConfig.from_pretrained(path).model_type
     except (OSError, ValueError) as err:
-        raise InputError(f"could not read a model config from {path!r}: {_first_line(err)}") from None
+        raise InputError(f"could not read a model config from {path!r} ({_first_line(err)}): its config.json "
+                         "needs a model_type of a Qwen-VL model") from None
     if model_type not in FAMILIES:
         raise InputError(f"{path!r} is a {model_type!r} model; vlm-recipes supports {', '.join(FAMILIES)}")
     return FAMILIES[model_type]

@@ -25,8 +25,11 @@ def pretrain_base(family: Family, out_dir: Path, num_samples: int, epochs: float
                         train=TrainConfig(learning_rate=learning_rate, num_train_epochs=epochs,
                                           per_device_train_batch_size=batch_size, warmup_ratio=0.03,
                                           logging_steps=25, weight_decay=0.01,
+                                          # checkpoints only on request (inspection): a rebuild is
+                                          # deterministic and cheap to redo, never resumed
                                           extra={"save_strategy": "steps", "save_steps": save_steps,
-                                                 "save_only_model": True} if save_steps else {}))
+                                                 "save_only_model": True} if save_steps
+                                          else {"save_strategy": "no"}))
     log = train_stage(model, stage, DenseGrounding(processor, aux_weight),
                       ObjectsDataset(num_samples, family, seed, aliases),
                       out_dir / "_trainer", seed=seed, bf16=False, use_cpu=True, report_to=[])

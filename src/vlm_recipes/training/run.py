@@ -4,7 +4,10 @@ base, train each stage, evaluate the result, write the run directory.
 Run directory (complete only when status.json says "complete"):
   config.yaml         resolved recipe, as trained
   run_info.json       command line, seed, device, library versions
-  status.json         running | failed (with the error) | complete
+  status.json         running | failed (error, step) | interrupted (stage, step) | complete
+  run.lock            pid and host of the process writing it, while it runs (one writer per run directory)
+  base_eval.json      the base model's evaluation, kept so that --resume does not repeat it
+  progress.json       the stages finished so far (--resume never repeats one)
   model/              final adapter or weights + processor (+ stages/<n>-<name>/ for earlier stages)
   trainer/<stage>/    Trainer output; TensorBoard logs under runs/ (evaluation scalars under evaluation/)
   metrics.json, predictions.json, train_log.json, results.md, loss.png, and the evaluator's plots
@@ -14,9 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
+import socket
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +30,15 @@ import torch
 import yaml
 from transformers import set_seed
 
-from ..config import RecipeConfig, StageConfig, to_dict
+from ..config import InputError, RecipeConfig, StageConfig, to_dict
 from ..evaluation.plots import plot_loss
+from ..evaluation.result import EvalResult
 from ..models.loading import apply_stage, load_model, open_base, trainable_report
 from ..objectives import build_objective
+from .preemption import Interrupted, send_test_signal
 from .trainer import train_stage
+
+LOCK_FILE, BASE_EVAL_FILE, PROGRESS_FILE = "run.lock", "base_eval.json", "progress.json"
 
 
 @dataclass
@@ -41,8 +51,10 @@ class RunResult:
 
 
 def run_recipe(recipe: RecipeConfig, run_dir: Path, device: str = "cpu", report_to: tuple[str, ...] = ("tensorboard",),
-               command: str = "") -> RunResult:
-    """Train and evaluate `recipe`, writing `run_dir`."""
+               command: str = "", resume: bool = False) -> RunResult:
+    """Train and evaluate `recipe`, writing `run_dir`. `resume`: continue the run already in `run_dir`
+    (its finished base evaluation and stages are kept, an unfinished stage goes on from its latest
+    checkpoint). The caller holds the directory's lock (`acquire_lock`)."""
     set_seed(recipe.seed)
     # Everything that can fail on bad input is checked before the run directory is made.
     base = open_base(recipe.model)
@@ -53,9 +65,12 @@ def run_recipe(recipe: RecipeConfig, run_dir: Path, device: str = "cpu", report_
     run_dir.mkdir(parents=True, exist_ok=True)
     write_status(run_dir, "running")
     try:
-        result = _train_and_evaluate(recipe, objective, data, base, run_dir, device, list(report_to), command)
+        result = _train_and_evaluate(recipe, objective, data, base, run_dir, device, list(report_to), command, resume)
+    except Interrupted as err:
+        write_status(run_dir, "interrupted", stage=err.stage, step=err.step)
+        raise
     except BaseException as err:
-        write_status(run_dir, "failed", f"{type(err).__name__}: {err}")
+        write_status(run_dir, "failed", f"{type(err).__name__}: {err}", step=getattr(err, "step", None))
         raise
     write_status(run_dir, "complete")
     return result
@@ -69,34 +84,41 @@ def with_pixel_budget(recipe: RecipeConfig, processor) -> RecipeConfig:
         recipe.model, min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"]))
 
 
-def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_to, command) -> RunResult:
+def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_to, command, resume) -> RunResult:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
-    write_json(run_dir / "run_info.json", run_info(recipe, device, command, base.family.name, base.path))
+    write_json(run_dir / "run_info.json", run_info(recipe, device, command, base.family.name, base.path, run_dir, resume))
     evaluator = objective.evaluator()
 
-    model = load_for_stage(base.path, recipe, recipe.stages[0], objective, device)
-    base_eval = evaluator.evaluate(model, data["test"], desc="base model")
-    stages_info, history, source = [], [], base.path
+    model, base_eval = None, read_eval(run_dir / BASE_EVAL_FILE) if resume else None
+    if base_eval is None:
+        model = load_for_stage(base.path, recipe, recipe.stages[0], objective, device)
+        with phase("base evaluation"):
+            base_eval = evaluator.evaluate(model, data["test"], desc="base model")
+        write_json(run_dir / BASE_EVAL_FILE, dataclasses.asdict(base_eval))
+    finished = read_json(run_dir / PROGRESS_FILE, []) if resume else []
+    stages_info, source = [], base.path
     start = time.time()
     for index, stage in enumerate(recipe.stages):
-        if index > 0:
-            model = load_for_stage(source, recipe, stage, objective, device)
-        model = apply_stage(model, stage)
-        report = trainable_report(model)
-        stage_start = time.time()
-        log = train_stage(model, stage, objective, data["train"], run_dir / "trainer" / stage.name, recipe.seed,
-                          bf16=model.dtype == torch.bfloat16, use_cpu=device == "cpu", report_to=report_to)
-        history += [dict(entry, stage=stage.name) for entry in log]
         last = index == len(recipe.stages) - 1
-        source = run_dir / "model" if last else run_dir / "stages" / f"{index + 1}-{stage.name}"
-        model = save_stage_output(model, base.processor, stage, source, merge=not last)
-        stages_info.append({"name": stage.name, "train_seconds": round(time.time() - stage_start, 1),
-                            "trainable_params": report.trainable_params, "trainable": report.trainable,
-                            "quantized": report.quantized, "lora_modules": len(report.lora_modules),
-                            "output": str(source.relative_to(run_dir))})
+        output = run_dir / "model" if last else run_dir / "stages" / f"{index + 1}-{stage.name}"
+        if index < len(finished) and not last:  # done before an interruption: never repeated
+            stages_info.append(finished[index])
+            source = output
+            continue
+        # the last stage, even when finished, is re-entered: its final checkpoint gives its model back
+        if index > 0 or model is None:
+            model = load_for_stage(source, recipe, stage, objective, device)
+        model, info = _train_one_stage(model, recipe, stage, objective, data, base, run_dir, output, device,
+                                       report_to, resume, merge=not last)
+        stages_info.append(info)
+        write_json(run_dir / PROGRESS_FILE, stages_info)
+        source = output
     train_seconds = time.time() - start
+    history = [dict(entry, stage=info["name"]) for info in stages_info for entry in info["log"]]
+    stages_info = [{k: v for k, v in info.items() if k != "log"} for info in stages_info]
 
-    final_eval = evaluator.evaluate(model, data["test"], desc="fine-tuned model")
+    with phase("final evaluation"):
+        final_eval = evaluator.evaluate(model, data["test"], desc="fine-tuned model")
     metrics = {"recipe": recipe.name, **objective.summary(model), "objective": objective.name,
                "family": base.family.name, "base_model": base.path,
                "base": base_eval.metrics, "finetuned": final_eval.metrics,
@@ -109,6 +131,37 @@ def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_t
     evaluator.write_report(run_dir, metrics, base_eval, final_eval, data["test"])
     log_evaluation(run_dir, metrics, report_to)
     return RunResult(run_dir, metrics, evaluator.summary(metrics, final_eval))
+
+
+def _train_one_stage(model, recipe, stage, objective, data, base, run_dir, output, device, report_to, resume, merge):
+    """Apply the stage (freeze, LoRA), train it (from its latest checkpoint when resuming), save its
+    output; returns the model and the stage's entry of metrics.json (plus its loss log)."""
+    model = apply_stage(model, stage)
+    report = trainable_report(model)
+    stage_start = time.time()
+    log = train_stage(model, stage, objective, data["train"], run_dir / "trainer" / stage.name, recipe.seed,
+                      bf16=model.dtype == torch.bfloat16, use_cpu=device == "cpu", report_to=report_to, resume=resume)
+    model = save_stage_output(model, base.processor, stage, output, merge=merge)
+    return model, {"name": stage.name, "train_seconds": round(time.time() - stage_start, 1),
+                   "trainable_params": report.trainable_params, "trainable": report.trainable,
+                   "quantized": report.quantized, "lora_modules": len(report.lora_modules),
+                   "output": str(output.relative_to(run_dir)), "log": log}
+
+
+@contextmanager
+def phase(name: str):
+    """An interruption inside the block is reported as having happened in `name` (status.json)."""
+    try:
+        send_test_signal("evaluation")
+        yield
+    except Interrupted as err:
+        err.stage = err.stage or name
+        raise
+
+
+def read_eval(path: Path) -> EvalResult | None:
+    data = read_json(path, None)
+    return EvalResult(**data) if data is not None else None
 
 
 def load_for_stage(path, recipe: RecipeConfig, stage: StageConfig, objective, device):
@@ -156,18 +209,34 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def run_info(recipe: RecipeConfig, device: str, command: str, family: str, base_path: str) -> dict:
+def run_info(recipe: RecipeConfig, device: str, command: str, family: str, base_path: str, run_dir: Path,
+             resume: bool) -> dict:
+    """The first start's facts; a resume keeps them and appends its own command and time."""
     import peft
     import transformers
 
-    return {"recipe": recipe.name, "command": command or " ".join(sys.argv), "seed": recipe.seed,
+    command = command or " ".join(sys.argv)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    earlier = read_json(run_dir / "run_info.json", None) if resume else None
+    if earlier is not None:
+        return {**earlier, "resumed": [*earlier.get("resumed", []), {"command": command, "time": now}]}
+    return {"recipe": recipe.name, "command": command, "seed": recipe.seed,
             "device": device, "family": family, "base_model": base_path, "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "started": now}
 
 
-def write_status(run_dir: Path, state: str, error: str | None = None) -> None:
-    write_json(run_dir / "status.json", {"state": state, **({"error": error} if error else {})})
+def write_status(run_dir: Path, state: str, error: str | None = None, **where) -> None:
+    """status.json: `state`, and the error and/or stage and step it stopped at when given."""
+    extra = {key: value for key, value in where.items() if value is not None}
+    write_json(run_dir / "status.json", {"state": state, **({"error": error} if error else {}), **extra})
+
+
+def read_json(path: Path, default):
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
 
 
 def write_json(path: Path, data) -> None:
@@ -175,3 +244,52 @@ def write_json(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     tmp.replace(path)
+
+
+# --- one writer per run directory ------------------------------------------------------------
+
+def acquire_lock(run_dir: Path) -> str | None:
+    """Take `run_dir/run.lock` (created atomically, holding pid and host) before anything else is
+    read or written. A lock held by a live process is an InputError naming it; one left by a dead
+    process on this host is taken over (the returned message says so). OSError: not writable."""
+    lock = run_dir / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    note = None
+    for _ in range(3):  # a stale lock removed by us (or another process) frees the name: try again
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = read_json(lock, {})
+            if not _is_stale(holder):
+                raise InputError(f"{run_dir} is in use by process {holder.get('pid', '?')} on "
+                                 f"{holder.get('host', '?')} (lock {lock}): wait for it, stop it, or pick another "
+                                 "--output-dir (delete the lock only if that process is gone)") from None
+            note = f"taking over the stale lock of process {holder.get('pid', '?')} (no longer running) in {run_dir}"
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return note
+    raise InputError(f"could not take the lock {lock}: another process keeps taking it; try again")
+
+
+def _is_stale(holder: dict) -> bool:
+    """A lock whose process is gone. Only a pid on this host can be checked; another host's lock
+    (a shared filesystem) counts as held. A lock file being written (empty for an instant) is held."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def release_lock(run_dir: Path) -> None:
+    """Remove our own lock (never another process's)."""
+    lock = run_dir / LOCK_FILE
+    if read_json(lock, {}).get("pid") == os.getpid():
+        lock.unlink(missing_ok=True)
