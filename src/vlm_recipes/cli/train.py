@@ -23,8 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and compare it with its base model.")
     p.add_argument("--recipe", help="recipe name (see --list) or path to a recipe .yaml")
     p.add_argument("--list", action="store_true", help="list the recipes with one-line descriptions and exit")
-    p.add_argument("--gpu", help="GPU ids such as 0,1 (sets CUDA_VISIBLE_DEVICES) or 'cpu'; "
-                   "default: the visible GPUs, else the CPU")
+    p.add_argument("--gpu", help="GPU ids such as 0,1 (sets CUDA_VISIBLE_DEVICES; several: one data-parallel "
+                   "process per GPU) or 'cpu'; default: the visible GPUs, else the CPU")
+    p.add_argument("--nproc", type=int, help="data-parallel processes; with --gpu cpu N processes (gloo), "
+                   "with GPUs one per GPU (the default)")
+    p.add_argument("--parallel", choices=["data", "model"], default="data",
+                   help="several GPUs: 'data' (default) one process and whole model per GPU; 'model' one "
+                   "process, the model spread over the GPUs (device_map=balanced) for a model too big for one")
     p.add_argument("--model", help="base model: 'tiny' (shipped), a hub id or a local checkpoint dir")
     p.add_argument("--family", help="qwen2-vl | qwen2.5-vl | qwen3-vl: which tiny base / box format")
     p.add_argument("--dataset", help="'synthetic', a hub id, a saved datasets dir or parquet file(s)")
@@ -80,6 +85,76 @@ def physical_gpu_count() -> int:
     return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
 
 
+def process_count(args: argparse.Namespace, device: str) -> int:
+    """How many data-parallel processes the flags ask for (1: this process runs alone)."""
+    if args.nproc is not None and args.nproc < 1:
+        raise InputError(f"--nproc {args.nproc}: give 1 or more processes")
+    if device == "cpu":
+        return args.nproc or 1
+    import torch
+
+    gpus = torch.cuda.device_count()  # CUDA_VISIBLE_DEVICES is set: the listed GPUs
+    if args.parallel == "model":
+        if (args.nproc or 1) > 1:
+            raise InputError("--parallel model runs one process over all the GPUs; drop --nproc or use --parallel data")
+        return 1
+    if args.nproc is not None and args.nproc != gpus:
+        raise InputError(f"--nproc {args.nproc} with {gpus} GPU(s): data parallel runs one process per GPU; "
+                         f"list {args.nproc} GPUs with --gpu")
+    return gpus
+
+
+def launch_strategy() -> str:
+    """The strategy accelerate launched this process with (it exports it to the processes):
+    ddp (also torchrun, or one process), fsdp, zero2 or zero3."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "fsdp"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return f"zero{os.environ.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '2')}"
+    return "ddp"
+
+
+def check_strategy(recipe) -> None:
+    """Fail with one line where the launch strategy cannot run the recipe (README "Several GPUs and
+    nodes", DECISIONS D20)."""
+    strategy = launch_strategy()
+    if strategy in ("fsdp", "zero3"):
+        raise InputError(f"{strategy} shards the weights across the processes, but a run evaluates, merges and saves "
+                         "the trained model inside every process, where it would hold one shard: launch with "
+                         "configs/accelerate/ddp.yaml or zero2.yaml (or --parallel model for a model that does not "
+                         "fit one GPU)")
+    if strategy == "zero2" and getattr(recipe.objective.options, "grad_cache_chunk", 0) > 0:
+        raise InputError("zero2: DeepSpeed steps the optimizer inside every backward, and GradCache "
+                         "(objective.options.grad_cache_chunk) runs several backward passes a step: use "
+                         "configs/accelerate/ddp.yaml, or grad_cache_chunk=0")
+
+
+def launch_data_parallel(argv: list[str], nproc: int, run_dir: Path, device: str) -> int:
+    """Run this command again as `nproc` data-parallel processes through accelerate's launcher
+    (torchrun underneath); returns their exit code. The processes print their own one-line error."""
+    import logging
+    import socket
+
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    with socket.socket() as sock:  # a free port for the rendezvous, so two runs can share a machine
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    if device == "cpu":  # torchrun would give each process 1 thread; share the cores instead
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    launch = launch_command_parser().parse_args(
+        ["--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", str(port), "--module", "vlm_recipes.cli.train",
+         *argv, "--output-dir", str(run_dir)])
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the children said why
+    try:
+        launch_command(launch)
+    except ChildFailedError as err:
+        return min(err.failures.items())[1].exitcode or EXIT_FAILED
+    return 0
+
+
 def prepare_output_dir(path: Path | None, recipe_name: str, overwrite: bool) -> Path:
     if path is None:
         path = Path("runs") / f"{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -115,6 +190,9 @@ def list_recipes() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..models.distributed import init_processes, is_main_process, launched, on_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         if args.list:
@@ -123,22 +201,27 @@ def main(argv: list[str] | None = None) -> int:
         if not args.recipe:
             raise InputError("--recipe is required: pass a name from --list, e.g. --recipe r4-joint")
         device = select_device(args.gpu)
+        nproc = 1 if launched() else process_count(args, device)
+        init_processes(device)
         from ..config import load_recipe
         from ..training.run import run_recipe
 
         recipe = load_recipe(args.recipe, recipe_overrides(args))
-        run_dir = prepare_output_dir(args.output_dir, recipe.name, args.overwrite)
+        check_strategy(recipe)
+        # once, by the main process: every process must write to the same directory
+        run_dir = on_main(lambda: prepare_output_dir(args.output_dir, recipe.name, args.overwrite))
+        if nproc > 1:  # bad input has failed above, in this one process, before any launch
+            return launch_data_parallel(argv, nproc, run_dir, device)
         report_to = setup_wandb(run_dir, not args.no_wandb)
-        command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+        command = " ".join([Path(sys.argv[0]).name, *argv])
         result = run_recipe(recipe, run_dir, device=device, report_to=report_to, command=command)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except TrainingDiverged as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    print(result.summary)
-    print(f"\nrun directory: {result.run_dir}")
+    except (InputError, TrainingDiverged) as err:
+        if is_main_process():  # every process fails together; one line
+            print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT if isinstance(err, InputError) else EXIT_FAILED
+    if is_main_process():
+        print(result.summary)
+        print(f"\nrun directory: {result.run_dir}")
     return 0
 
 

@@ -50,6 +50,11 @@ class Objective:
         passes (mrl's gradient caching); returns the detached loss. None: the Trainer's own step."""
         return None
 
+    def every_step_sees_images(self, samples: list) -> bool:
+        """Whether every training step runs the vision tower (so DDP need not look for unused
+        parameters): every sample holds an image. Detection rows always do; conversations may not."""
+        return all(getattr(s, "image", None) is not None or getattr(s, "images", None) for s in samples)
+
     def evaluator(self):
         """The evaluation.Evaluator that scores this objective's models on its test split."""
         raise NotImplementedError

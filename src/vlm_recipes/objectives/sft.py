@@ -24,7 +24,8 @@ class SFT(Objective):
                                    answers, loss_on=self.options.loss_on, max_length=self.options.max_length)
 
     def evaluator(self):
-        return AnswerEvaluator(self.generate, self.processor, self.family, self.recipe.eval.num_plot)
+        return AnswerEvaluator(self.generate, self.processor, self.family, self.recipe.eval.num_plot,
+                               self.recipe.eval.batch_size)
 
     def generate(self, model, samples, desc):
         evaluation = self.recipe.eval

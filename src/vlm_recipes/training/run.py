@@ -26,6 +26,7 @@ from transformers import set_seed
 
 from ..config import RecipeConfig, StageConfig, to_dict
 from ..evaluation.plots import plot_loss
+from ..models.distributed import barrier, is_main_process
 from ..models.loading import apply_stage, load_model, open_base, trainable_report
 from ..objectives import build_objective
 from .trainer import train_stage
@@ -42,7 +43,8 @@ class RunResult:
 
 def run_recipe(recipe: RecipeConfig, run_dir: Path, device: str = "cpu", report_to: tuple[str, ...] = ("tensorboard",),
                command: str = "") -> RunResult:
-    """Train and evaluate `recipe`, writing `run_dir`."""
+    """Train and evaluate `recipe`, writing `run_dir`. Under a launcher (torchrun, accelerate) every
+    process runs this, data parallel; only the main process writes `run_dir` (DECISIONS D20)."""
     set_seed(recipe.seed)
     # Everything that can fail on bad input is checked before the run directory is made.
     base = open_base(recipe.model)
@@ -50,14 +52,17 @@ def run_recipe(recipe: RecipeConfig, run_dir: Path, device: str = "cpu", report_
     objective = build_objective(recipe, base.processor, base.family)
     data = objective.load_data()
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_status(run_dir, "running")
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_status(run_dir, "running")
     try:
         result = _train_and_evaluate(recipe, objective, data, base, run_dir, device, list(report_to), command)
     except BaseException as err:
-        write_status(run_dir, "failed", f"{type(err).__name__}: {err}")
+        if is_main_process():
+            write_status(run_dir, "failed", f"{type(err).__name__}: {err}")
         raise
-    write_status(run_dir, "complete")
+    if is_main_process():
+        write_status(run_dir, "complete")
     return result
 
 
@@ -70,8 +75,9 @@ def with_pixel_budget(recipe: RecipeConfig, processor) -> RecipeConfig:
 
 
 def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_to, command) -> RunResult:
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
-    write_json(run_dir / "run_info.json", run_info(recipe, device, command, base.family.name, base.path))
+    if is_main_process():
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+        write_json(run_dir / "run_info.json", run_info(recipe, device, command, base.family.name, base.path))
     evaluator = objective.evaluator()
 
     model = load_for_stage(base.path, recipe, recipe.stages[0], objective, device)
@@ -102,12 +108,13 @@ def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_t
                "base": base_eval.metrics, "finetuned": final_eval.metrics,
                "train_seconds": round(train_seconds, 1),
                "trainable_params": max(s["trainable_params"] for s in stages_info), "stages": stages_info}
-    write_json(run_dir / "metrics.json", metrics)
-    write_json(run_dir / "predictions.json", {"base": base_eval.predictions, "finetuned": final_eval.predictions})
-    write_json(run_dir / "train_log.json", history)
-    plot_loss(history, run_dir / "loss.png", title=recipe.name)
-    evaluator.write_report(run_dir, metrics, base_eval, final_eval, data["test"])
-    log_evaluation(run_dir, metrics, report_to)
+    if is_main_process():
+        write_json(run_dir / "metrics.json", metrics)
+        write_json(run_dir / "predictions.json", {"base": base_eval.predictions, "finetuned": final_eval.predictions})
+        write_json(run_dir / "train_log.json", history)
+        plot_loss(history, run_dir / "loss.png", title=recipe.name)
+        evaluator.write_report(run_dir, metrics, base_eval, final_eval, data["test"])
+        log_evaluation(run_dir, metrics, report_to)
     return RunResult(run_dir, metrics, evaluator.summary(metrics, final_eval))
 
 
@@ -118,12 +125,16 @@ def load_for_stage(path, recipe: RecipeConfig, stage: StageConfig, objective, de
 
 def save_stage_output(model, processor, stage: StageConfig, path: Path, merge: bool):
     """Save weights (LoRA adapter, or full model) and processor. A stage that feeds another is
-    saved merged, as a plain checkpoint the next stage loads like any base."""
-    path.mkdir(parents=True, exist_ok=True)
+    saved merged, as a plain checkpoint the next stage loads like any base. Every process merges
+    (each goes on with its copy); the main process writes, and the others wait until it has, since
+    the next stage loads from `path`."""
     if merge and stage.lora.targets != "none":
         model = model.merge_and_unload()
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
+    if is_main_process():
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+    barrier()
     return model
 
 

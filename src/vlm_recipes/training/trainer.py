@@ -12,6 +12,7 @@ from pathlib import Path
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..config import StageConfig, TrainConfig, TrainingDiverged
+from ..models.loading import part_of
 
 
 class RecipeTrainer(Trainer):
@@ -47,8 +48,17 @@ class DivergenceGuard(TrainerCallback):
                                    "carries loss (check the label mask) or the model collapsed")
 
 
+def find_unused_parameters(model, objective, samples: list) -> bool:
+    """Whether DDP must look, every step, for trainable parameters the step left unused (a graph
+    walk per step; without it such a step fails or hangs). Only the vision tower and merger can sit
+    out a step, on a batch without images; a step of a recipe that trains only the LLM (LoRA or
+    not), or whose every batch holds images, uses every trainable parameter (DECISIONS D20)."""
+    trains_vision = any(p.requires_grad and part_of(name) != "llm" for name, p in model.named_parameters())
+    return trains_vision and not objective.every_step_sees_images(samples)
+
+
 def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bool, use_cpu: bool,
-                       report_to: list[str]) -> TrainingArguments:
+                       report_to: list[str], find_unused: bool | None = None) -> TrainingArguments:
     """The stage's TrainingArguments (its `extra` keys were checked against them at load time)."""
     settings = dict(
         output_dir=str(output_dir),
@@ -71,6 +81,7 @@ def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bo
         use_cpu=use_cpu,
         dataloader_num_workers=0,
         remove_unused_columns=False,  # samples are objects; the collator builds tensors
+        ddp_find_unused_parameters=find_unused,  # None: Trainer's guess; ignored by one process
     )
     settings.update(train.extra)  # explicit extras win over the defaults above
     return TrainingArguments(**settings)
@@ -80,7 +91,8 @@ def train_stage(model, stage: StageConfig, objective, train_data: list, output_d
                 seed: int, bf16: bool, use_cpu: bool, report_to: list[str]) -> list[dict]:
     """Train `model` in place for one stage with `objective` (its collate, loss, step hooks);
     returns the trainer's log history."""
-    args = training_arguments(stage.train, output_dir, seed, bf16, use_cpu, report_to)
+    args = training_arguments(stage.train, output_dir, seed, bf16, use_cpu, report_to,
+                              find_unused_parameters(model, objective, train_data))
     if stage.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # frozen embeddings + checkpointing need grads on inputs
     trainer = RecipeTrainer(model=model, args=args, train_dataset=train_data, data_collator=objective.collate,
