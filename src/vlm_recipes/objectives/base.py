@@ -21,6 +21,10 @@ class Objective:
     data_kind: Literal["detection", "retrieval", "chat"] = "detection"
     """What `data.load_splits` opens for it: detection rows, retrieval pairs or conversations."""
 
+    compute_loss_func = None
+    """Trainer's `compute_loss_func(outputs, labels, num_items_in_batch)` for an objective whose loss is
+    the model's own from `labels` (SFT); None: `compute_loss` below, or the model's loss as it is."""
+
     def __init__(self, recipe: RecipeConfig, processor, family):
         self.recipe, self.options = recipe, recipe.objective.options
         self.processor, self.family = processor, family

@@ -161,11 +161,12 @@ class MRL(Objective):
 
     def loss(self, model, queries, targets) -> torch.Tensor:
         options = self.options
+        model = getattr(model, "module", model)  # the DDP wrapper holds the model's config and temperature
         dims = resolve_dims(options.dims, hidden_size(model))
         weights = options.dim_weights or (1.0,) * len(dims)
         if options.dim_weights:  # weights follow the configured order; dims are used sorted
             weights = tuple(w for _, w in sorted(zip(options.dims, options.dim_weights)))
-        learned = getattr(getattr(model, "module", model), SCALE_PARAM, None)
+        learned = getattr(model, SCALE_PARAM, None)
         logit_scale = learned.clamp(max=math.log(MAX_LOGIT_SCALE)).exp() if learned is not None \
             else 1.0 / options.temperature
         return matryoshka_info_nce(queries, targets, dims, weights, logit_scale, options.gather_across_processes)

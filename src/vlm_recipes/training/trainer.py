@@ -96,6 +96,7 @@ def train_stage(model, stage: StageConfig, objective, train_data: list, output_d
     if stage.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # frozen embeddings + checkpointing need grads on inputs
     trainer = RecipeTrainer(model=model, args=args, train_dataset=train_data, data_collator=objective.collate,
-                            objective=objective, callbacks=[DivergenceGuard()])
+                            objective=objective, callbacks=[DivergenceGuard()],
+                            compute_loss_func=objective.compute_loss_func)
     trainer.train()
     return trainer.state.log_history
