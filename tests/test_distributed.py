@@ -138,3 +138,45 @@ def test_two_processes_train_and_evaluate_like_one_with_the_same_global_batch(tw
     assert metrics[0]["base"] == metrics[1]["base"] and metrics[0]["base"]["n"] == 5
     assert predictions[0]["base"] == predictions[1]["base"]
     assert metrics[1]["finetuned"] == pytest.approx(metrics[0]["finetuned"], abs=1e-6)
+
+
+# --- launch settings: strategies, slurm --------------------------------------------------------
+
+@pytest.mark.parametrize("env", [{"ACCELERATE_USE_FSDP": "true"},
+                                 {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}])
+def test_sharded_weights_strategies_fail_with_one_line(monkeypatch, capsys, tmp_path, env):
+    from vlm_recipes.cli.train import main
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["--recipe", "r2-vision-only", "--gpu", "cpu", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "shards the weights" in err and "ddp.yaml" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_slurm_script_builds_the_two_node_launch(tmp_path):
+    """Under a faked 2-node allocation (scontrol on PATH prints the hosts) the dry run prints one srun
+    that starts, per node, accelerate with the multi-node arguments taken from the Slurm variables."""
+    import shlex
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    fake = tmp_path / "scontrol"
+    fake.write_text("#!/bin/sh\necho gpu-node-07\necho gpu-node-08\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", SLURM_JOB_NUM_NODES="2",
+               SLURM_JOB_NODELIST="gpu-node-[07-08]", SLURM_GPUS_ON_NODE="4")
+    out = subprocess.run([str(root / "scripts" / "train.slurm.sh"), "--dry-run", "--recipe", "r4-joint",
+                          "--output-dir", "runs/r4 2x4"], env=env, capture_output=True, text=True, check=True).stdout
+    summary, command = out.strip().splitlines()
+    assert summary == "nodes: 2 x 4 GPU(s) = 8 processes; rendezvous gpu-node-07:29500"
+    srun = shlex.split(command)
+    assert srun[:4] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"] and srun[4:6] == ["bash", "-c"]
+    launch = shlex.split(srun[6])
+    flags = dict(zip(launch[3::2], launch[4::2]))
+    assert launch[1:3] == ["-m", "accelerate.commands.launch"]
+    assert flags["--num_machines"] == "2" and flags["--num_processes"] == "8"
+    assert flags["--main_process_ip"] == "gpu-node-07" and flags["--config_file"].endswith("configs/accelerate/ddp.yaml")
+    assert launch[launch.index("--machine_rank") + 1] == "$SLURM_NODEID"  # expanded on each node
+    assert launch[-4:] == ["--recipe", "r4-joint", "--output-dir", "runs/r4 2x4"]
