@@ -18,7 +18,7 @@ from vlm_recipes.errors import InputError
 from vlm_recipes.models import distributed
 
 SMALL = ["--gpu", "cpu", "--no-wandb", "--max-steps", "3", "--set", "data.num_train=16", "--set", "data.num_test=5",
-         "--set", "eval.batch_size=2"]  # 5 test rows in batches of 2: rank 0 gets 3 rows, rank 1 gets 2
+         "--set", "eval.batch_size=2", "--set", "train.logging_steps=1"]  # 5 test rows in batches of 2: rank 0 gets 3 rows, rank 1 gets 2
 DETECTION = {  # per-device batch 4 on 2 processes = 8 on one; LoRA dropout off (masks depend on batch shape)
     "r2-vision-only": [],
     "r4-joint": ["--set", "lora.dropout=0.0"],
@@ -180,3 +180,19 @@ def test_slurm_script_builds_the_two_node_launch(tmp_path):
     assert flags["--main_process_ip"] == "gpu-node-07" and flags["--config_file"].endswith("configs/accelerate/ddp.yaml")
     assert launch[launch.index("--machine_rank") + 1] == "$SLURM_NODEID"  # expanded on each node
     assert launch[-4:] == ["--recipe", "r4-joint", "--output-dir", "runs/r4 2x4"]
+
+
+def test_nproc_launches_processes_that_fail_together_with_one_line(tmp_path):
+    """`--gpu cpu --nproc 2` through accelerate's launcher: a model path that only the launched
+    processes open fails in both; one `error:` line (rank 0's), exit 2, no run directory."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(root / "scripts" / "train_recipe.py"), "--recipe", "r2-vision-only",
+                             "--gpu", "cpu", "--nproc", "2", "--no-wandb", "--model", str(tmp_path / "no-model"),
+                             "--output-dir", str(tmp_path / "run")], env=env, capture_output=True, text=True)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "no-model" in errors[0]
+    assert not (tmp_path / "run").exists()
