@@ -12,6 +12,7 @@ from pathlib import Path
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..config import StageConfig, TrainConfig, TrainingDiverged
+from ..models.distributed import launched
 from ..models.loading import part_of
 
 
@@ -48,11 +49,13 @@ class DivergenceGuard(TrainerCallback):
                                    "carries loss (check the label mask) or the model collapsed")
 
 
-def find_unused_parameters(model, objective, samples: list) -> bool:
+def find_unused_parameters(model, objective, samples: list) -> bool | None:
     """Whether DDP must look, every step, for trainable parameters the step left unused (a graph
     walk per step; without it such a step fails or hangs). Only the vision tower and merger can sit
     out a step, on a batch without images; a step of a recipe that trains only the LLM (LoRA or
     not), or whose every batch holds images, uses every trainable parameter (DECISIONS D20)."""
+    if not launched():
+        return None  # no DDP; and a lazily generated dataset (pretraining's) is not walked for nothing
     trains_vision = any(p.requires_grad and part_of(name) != "llm" for name, p in model.named_parameters())
     return trains_vision and not objective.every_step_sees_images(samples)
 
