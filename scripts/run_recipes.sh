@@ -14,14 +14,15 @@ Usage:
   scripts/run_recipes.sh [OPTIONS] parallel [RECIPES...] [-- TRAIN_ARGS...]
 
 Modes
-  RECIPE [GPUS]   one recipe, e.g. `r4 0,1` (on GPUs 0 and 1) or `r2 cpu`. Without GPUS the
+  RECIPE [GPUS]   one recipe, e.g. `r4 0,1` (data parallel on GPUs 0 and 1) or `r2 cpu`. Without GPUS the
                   trainer picks (the visible GPUs, else the CPU).
   all [GPUS]      every recipe in src/vlm_recipes/recipes/, one after another, each on GPUS.
                   A failed run does not stop the others.
   parallel [RECIPES...]
                   several recipes at once (default: every recipe). With GPUs, each run gets its
-                  own group: the GPUs are split evenly in contiguous blocks (4 GPUs, 2 runs:
-                  0,1 and 2,3), or as --gpu-groups says. On a CPU-only machine the runs share
+                  own group and trains data parallel on it (one process per GPU of the group):
+                  the GPUs are split evenly in contiguous blocks (4 GPUs, 2 runs: 0,1 and 2,3),
+                  or as --gpu-groups says. On a CPU-only machine the runs share
                   the CPU: each gets OMP_NUM_THREADS = cores / runs (at least 1).
 
 Recipes are names from `python scripts/train_recipe.py --list` (r1-llm-only, mrl, ...), short

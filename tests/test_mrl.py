@@ -334,8 +334,7 @@ def test_mining_picks_top_ranked_non_positives_below_the_margin(monkeypatch):
     # score[q][t]: q0's positive t0 scores 1.0; t1 (0.99) is within the 0.95 margin (a likely
     # unlabelled positive), so t3 (0.9) then t2 (0.5) are its negatives
     scores = torch.tensor([[1.0, 0.99, 0.5, 0.9], [0.1, 0.8, 0.3, 0.2], [0.0, 0.2, 0.7, 0.1], [0.4, 0.3, 0.2, 0.6]])
-    monkeypatch.setattr(mrl, "encode_texts", lambda *a, **k: scores)
-    monkeypatch.setattr(mrl, "encode_targets", lambda *a, **k: torch.eye(4))
+    monkeypatch.setattr(mrl, "encode_queries_and_gallery", lambda *a, **k: (scores, torch.eye(4)))
     options = MRLOptions(num_hard_negatives=2, hard_negatives="mined", mining_margin=0.95)
     mined = mrl.mine_hard_negatives(None, None, samples, options, 32)
     assert [[t.key for t in s.hard_negatives] for s in mined] == [["t3", "t2"], ["t2", "t3"], ["t1", "t3"],
@@ -344,7 +343,7 @@ def test_mining_picks_top_ranked_non_positives_below_the_margin(monkeypatch):
     with pytest.raises(InputError, match="mining_margin"):
         mrl.mine_hard_negatives(None, None, samples, MRLOptions(num_hard_negatives=1, hard_negatives="mined",
                                                                  mining_margin=0.95), 32)
-    monkeypatch.setattr(mrl, "encode_texts", lambda *a, **k: scores[:2])
+    monkeypatch.setattr(mrl, "encode_queries_and_gallery", lambda *a, **k: (scores[:2], torch.eye(4)))
     with pytest.raises(InputError, match="num_hard_negatives"):
         mrl.mine_hard_negatives(None, None, samples[:2], MRLOptions(num_hard_negatives=2, hard_negatives="mined"), 32)
 

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ..errors import InputError, TrainingDiverged
@@ -27,8 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and compare it with its base model.")
     p.add_argument("--recipe", help="recipe name (see --list) or path to a recipe .yaml")
     p.add_argument("--list", action="store_true", help="list the recipes with one-line descriptions and exit")
-    p.add_argument("--gpu", help="GPU ids such as 0,1 (sets CUDA_VISIBLE_DEVICES) or 'cpu'; "
-                   "default: the visible GPUs, else the CPU")
+    p.add_argument("--gpu", help="GPU ids such as 0,1 (sets CUDA_VISIBLE_DEVICES; several: one data-parallel "
+                   "process per GPU) or 'cpu'; default: the visible GPUs, else the CPU")
+    p.add_argument("--nproc", type=int, help="data-parallel processes; with --gpu cpu N processes (gloo), "
+                   "with GPUs one per GPU (the default)")
+    p.add_argument("--parallel", choices=["data", "model"], default="data",
+                   help="several GPUs: 'data' (default) one process and whole model per GPU; 'model' one "
+                   "process, the model spread over the GPUs (device_map=balanced) for a model too big for one")
     p.add_argument("--model", help="base model: 'tiny' (shipped), a hub id or a local checkpoint dir")
     p.add_argument("--family", help="qwen2-vl | qwen2.5-vl | qwen3-vl: which tiny base / box format")
     p.add_argument("--dataset", help="'synthetic', a hub id, a saved datasets dir or parquet file(s)")
@@ -109,6 +114,76 @@ def physical_gpu_count() -> int:
     return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
 
 
+def process_count(args: argparse.Namespace, device: str) -> int:
+    """How many data-parallel processes the flags ask for (1: this process runs alone)."""
+    if args.nproc is not None and args.nproc < 1:
+        raise InputError(f"--nproc {args.nproc}: give 1 or more processes")
+    if device == "cpu":
+        return args.nproc or 1
+    import torch
+
+    gpus = torch.cuda.device_count()  # CUDA_VISIBLE_DEVICES is set: the listed GPUs
+    if args.parallel == "model":
+        if (args.nproc or 1) > 1:
+            raise InputError("--parallel model runs one process over all the GPUs; drop --nproc or use --parallel data")
+        return 1
+    if args.nproc is not None and args.nproc != gpus:
+        raise InputError(f"--nproc {args.nproc} with {gpus} GPU(s): data parallel runs one process per GPU; "
+                         f"list {args.nproc} GPUs with --gpu")
+    return gpus
+
+
+def launch_strategy() -> str:
+    """The strategy accelerate launched this process with (it exports it to the processes):
+    ddp (also torchrun, or one process), fsdp, zero2 or zero3."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "fsdp"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return f"zero{os.environ.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '2')}"
+    return "ddp"
+
+
+def check_strategy(recipe) -> None:
+    """Fail with one line where the launch strategy cannot run the recipe (README "Several GPUs and
+    nodes", DECISIONS D20)."""
+    strategy = launch_strategy()
+    if strategy in ("fsdp", "zero3"):
+        raise InputError(f"{strategy} shards the weights across the processes, but a run evaluates, merges and saves "
+                         "the trained model inside every process, where it would hold one shard: launch with "
+                         "configs/accelerate/ddp.yaml or zero2.yaml (or --parallel model for a model that does not "
+                         "fit one GPU)")
+    if strategy == "zero2" and getattr(recipe.objective.options, "grad_cache_chunk", 0) > 0:
+        raise InputError("zero2: DeepSpeed steps the optimizer inside every backward, and GradCache "
+                         "(objective.options.grad_cache_chunk) runs several backward passes a step: use "
+                         "configs/accelerate/ddp.yaml, or grad_cache_chunk=0")
+
+
+def launch_data_parallel(argv: list[str], nproc: int, run_dir: Path, device: str) -> int:
+    """Run this command again as `nproc` data-parallel processes through accelerate's launcher
+    (torchrun underneath); returns their exit code. The processes print their own one-line error."""
+    import logging
+    import socket
+
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    with socket.socket() as sock:  # a free port for the rendezvous, so two runs can share a machine
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    if device == "cpu":  # torchrun would give each process 1 thread; share the cores instead
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    launch = launch_command_parser().parse_args(
+        ["--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", str(port), "--module", "vlm_recipes.cli.train",
+         *argv, "--output-dir", str(run_dir)])
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the children said why
+    try:
+        launch_command(launch)
+    except ChildFailedError as err:
+        return min(err.failures.items())[1].exitcode or EXIT_FAILED
+    return 0
+
+
 @contextmanager
 def claimed_output_dir(path: Path | None, recipe_name: str, overwrite: bool, resume: bool):
     """The run directory, created if needed and locked (run.lock) before any data loads; released on
@@ -178,8 +253,10 @@ def list_recipes() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..models.distributed import is_main_process
     from ..training.preemption import Interrupted, signals_stop_the_run
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
         if args.list:
@@ -188,22 +265,29 @@ def main(argv: list[str] | None = None) -> int:
         check_flags(args)
         with signals_stop_the_run():
             result = train(args, argv)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except TrainingDiverged as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
+    except (InputError, TrainingDiverged) as err:
+        if is_main_process():  # every process fails together; one line
+            print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT if isinstance(err, InputError) else EXIT_FAILED
     except Interrupted as err:
-        print(interrupted_line(err), file=sys.stderr)
+        if is_main_process():
+            print(interrupted_line(err), file=sys.stderr)
         return err.exit_code
-    print(result.summary)
-    print(f"\nrun directory: {result.run_dir}")
+    if isinstance(result, int):  # the exit code of the data-parallel processes this one launched
+        return result
+    if is_main_process():
+        print(result.summary)
+        print(f"\nrun directory: {result.run_dir}")
     return 0
 
 
-def train(args: argparse.Namespace, argv: list[str] | None):
+def train(args: argparse.Namespace, argv: list[str]):
+    """The run (a RunResult), or the exit code of the data-parallel processes launched for it."""
+    from ..models.distributed import init_processes, launched
+
     device = select_device(args.gpu)
+    nproc = 1 if launched() else process_count(args, device)
+    init_processes(device)
     from ..config import load_recipe
     from ..training.preemption import Interrupted
     from ..training.run import run_recipe
@@ -213,14 +297,39 @@ def train(args: argparse.Namespace, argv: list[str] | None):
     if resume and not (run_dir / "config.yaml").is_file():
         raise InputError(f"--resume {run_dir}: not a run directory (no config.yaml): nothing to resume")
     recipe = load_recipe(str(run_dir / "config.yaml")) if resume else load_recipe(args.recipe, recipe_overrides(args))
-    with claimed_output_dir(run_dir, recipe.name, args.overwrite, resume) as run_dir:
+    check_strategy(recipe)
+    if nproc > 1:  # bad input has failed above, in this one process, before any launch
+        with claimed_output_dir(run_dir, recipe.name, args.overwrite, resume) as run_dir:
+            os.environ[CLAIMED_BY_LAUNCHER] = str(run_dir)  # the processes inherit the claim
+            return launch_data_parallel(argv, nproc, run_dir, device)
+    with run_directory(run_dir, recipe.name, args.overwrite, resume) as run_dir:
         report_to = setup_wandb(run_dir, not args.no_wandb)
-        command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+        command = " ".join([Path(sys.argv[0]).name, *argv])
         try:
             return run_recipe(recipe, run_dir, device=device, report_to=report_to, command=command, resume=resume)
         except Interrupted as err:
             err.run_dir = run_dir  # for the line saying how to resume
             raise
+
+
+CLAIMED_BY_LAUNCHER = "VLM_RECIPES_CLAIMED_RUN_DIR"
+"""Set by the `--gpu 0,1` / `--nproc` launcher, which holds the run directory's lock for the whole job."""
+
+
+@contextmanager
+def run_directory(path: Path | None, recipe_name: str, overwrite: bool, resume: bool):
+    """The run directory every process of the run uses (only the main one writes): claimed once,
+    by this process, by rank 0 of a torchrun/accelerate job, or by the launcher that started us."""
+    from ..models.distributed import launched, on_main
+
+    if os.environ.get(CLAIMED_BY_LAUNCHER):
+        yield Path(os.environ[CLAIMED_BY_LAUNCHER])
+        return
+    with ExitStack() as held:
+        def claim() -> Path:  # the lock is held until the run ends
+            return held.enter_context(claimed_output_dir(path, recipe_name, overwrite, resume))
+
+        yield on_main(claim) if launched() else claim()
 
 
 def interrupted_line(err) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..data.detection import DetectionSample
+from ..models.distributed import map_sharded
 from .detection import detection_metrics
 from .generation import first_box
 from .plots import plot_box_grid
@@ -25,11 +26,15 @@ DETECTION_COLUMNS = [("mean_iou", "mean IoU"), ("median_iou", "median IoU"), ("d
 
 
 class AnswerEvaluator:
-    def __init__(self, generate: Generate, processor, family, num_plot: int = 8):
+    def __init__(self, generate: Generate, processor, family, num_plot: int = 8, batch_size: int = 16):
         self.generate, self.processor, self.family, self.num_plot = generate, processor, family, num_plot
+        self.batch_size = batch_size
+        """The batch `generate` runs: each process of several generates whole batches of it."""
 
     def evaluate(self, model, samples: list, desc: str) -> EvalResult:
-        texts, scores = self.generate(model, samples, desc)
+        """With several processes each generates 1/N of the batches; all score the gathered answers."""
+        answers = map_sharded(lambda part: list(zip(*self.generate(model, part, desc))), samples, self.batch_size)
+        texts, scores = [text for text, _ in answers], [score for _, score in answers]
         return score_answers(samples, texts, scores, self.family, self.processor)
 
     def summary(self, metrics: dict, finetuned: EvalResult) -> str:

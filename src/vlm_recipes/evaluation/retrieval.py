@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..data.retrieval import RetrievalSample, Target
+from ..models.distributed import map_sharded
 from ..models.embedding import EncodeSettings, encode, encode_texts, hidden_size, resolve_dims, truncate
 from .result import EvalResult, stages_line
 
@@ -65,8 +66,7 @@ class RetrievalEvaluator:
     def evaluate(self, model, samples: list[RetrievalSample], desc: str) -> EvalResult:
         gallery = unique_targets(samples)
         keys = [t.key for t in gallery]
-        queries = encode_texts(model, self.processor, [s.query for s in samples], self.settings)  # (Q, H)
-        targets = encode_targets(model, self.processor, gallery, self.settings)  # (G, H)
+        queries, targets = encode_queries_and_gallery(model, self.processor, samples, gallery, self.settings)
         relevant = torch.zeros(len(samples), len(keys), dtype=torch.bool)
         relevant[torch.arange(len(samples)), target_rows(samples, gallery)] = True
         dims = resolve_dims(self.dims, hidden_size(model))
@@ -112,6 +112,16 @@ def target_rows(samples: list[RetrievalSample], gallery: list[Target]) -> torch.
     """Each sample's own target as a row of `gallery` (matched by key)."""
     index = {t.key: i for i, t in enumerate(gallery)}
     return torch.tensor([index[s.target.key] for s in samples])
+
+
+def encode_queries_and_gallery(model, processor, samples: list[RetrievalSample], gallery: list[Target],
+                               settings: EncodeSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q, H) query and (G, H) gallery embeddings. With several processes each encodes 1/N of the
+    batches (whole batches, so every row is bit-identical to a one-process encoding)."""
+    size = settings.batch_size
+    queries = map_sharded(lambda part: encode_texts(model, processor, part, settings), [s.query for s in samples], size)
+    targets = map_sharded(lambda part: encode_targets(model, processor, part, settings), gallery, size)
+    return queries, targets
 
 
 def encode_targets(model, processor, targets: list[Target], settings: EncodeSettings) -> torch.Tensor:

@@ -21,6 +21,7 @@ from ..config import LoraConfig, ModelConfig, QuantizationConfig, RecipeConfig, 
 from ..data.sources import check_hub_available
 from ..errors import InputError
 from ..families import FAMILIES, Family, get_family
+from .distributed import local_device
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -123,7 +124,9 @@ def model_family(path: str, cfg: ModelConfig) -> Family:
 
 
 def load_model(path: str, cfg: ModelConfig, quant: QuantizationConfig, device: str):
-    """The base model on `device` (or spread over GPUs with device_map="balanced")."""
+    """The base model on `device`: under a launcher the whole model on this process's own GPU (data
+    parallel); one process with several GPUs spreads it with device_map="balanced" (`--parallel
+    model`, for a model larger than one GPU)."""
     from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 
     dtype = pick_dtype(cfg, device)
@@ -134,6 +137,7 @@ def load_model(path: str, cfg: ModelConfig, quant: QuantizationConfig, device: s
             load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type,
             bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=dtype,
             llm_int8_skip_modules=skip)
+    device = local_device(device)
     if device == "cuda" and torch.cuda.device_count() > 1:
         kwargs["device_map"] = "balanced"
     else:

@@ -21,6 +21,10 @@ class Objective:
     data_kind: Literal["detection", "retrieval", "chat"] = "detection"
     """What `data.load_splits` opens for it: detection rows, retrieval pairs or conversations."""
 
+    compute_loss_func = None
+    """Trainer's `compute_loss_func(outputs, labels, num_items_in_batch)` for an objective whose loss is
+    the model's own from `labels` (SFT); None: `compute_loss` below, or the model's loss as it is."""
+
     def __init__(self, recipe: RecipeConfig, processor, family):
         self.recipe, self.options = recipe, recipe.objective.options
         self.processor, self.family = processor, family
@@ -49,6 +53,11 @@ class Objective:
         """A whole training step (forward and backward) when the objective needs several backward
         passes (mrl's gradient caching); returns the detached loss. None: the Trainer's own step."""
         return None
+
+    def every_step_sees_images(self, samples: list) -> bool:
+        """Whether every training step runs the vision tower (so DDP need not look for unused
+        parameters): every sample holds an image. Detection rows always do; conversations may not."""
+        return all(getattr(s, "image", None) is not None or getattr(s, "images", None) for s in samples)
 
     def evaluator(self):
         """The evaluation.Evaluator that scores this objective's models on its test split."""

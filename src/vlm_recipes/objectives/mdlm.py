@@ -184,7 +184,8 @@ class MDLM(Objective):
         return mdlm_loss(logits, targets[:, -keep:], masked[:, -keep:], maskable[:, -keep:], t)
 
     def evaluator(self):
-        return AnswerEvaluator(self.generate, self.processor, self.family, self.recipe.eval.num_plot)
+        return AnswerEvaluator(self.generate, self.processor, self.family, self.recipe.eval.num_plot,
+                               self.recipe.eval.batch_size)
 
     def generate(self, model, samples, desc):
         """Answers by iterative unmasking, `eval.batch_size` canvases at a time."""

@@ -22,8 +22,9 @@ from ..config import MRLOptions
 from ..data.retrieval import RetrievalSample
 from ..data.sources import load_splits
 from ..errors import InputError
-from ..evaluation.retrieval import RetrievalEvaluator, encode_targets, target_rows, unique_targets
-from ..models.embedding import EncodeSettings, embed, encode_texts, hidden_size, resolve_dims, tokenize, truncate
+from ..evaluation.retrieval import RetrievalEvaluator, encode_queries_and_gallery, target_rows, unique_targets
+from ..models.distributed import rank_and_world
+from ..models.embedding import EncodeSettings, embed, hidden_size, resolve_dims, tokenize, truncate
 from .base import DropOnTrainEnd, Objective
 from .grad_cache import cached_step, split_rows
 
@@ -42,13 +43,6 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return gathered.wait() if hasattr(gathered, "wait") else gathered
 
 
-def distributed() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def matryoshka_info_nce(queries: torch.Tensor, targets: torch.Tensor, dims: tuple[int, ...],
                         weights: tuple[float, ...], logit_scale: torch.Tensor | float, gather: bool = True
                         ) -> torch.Tensor:
@@ -61,7 +55,7 @@ def matryoshka_info_nce(queries: torch.Tensor, targets: torch.Tensor, dims: tupl
     """
     batch = queries.shape[0]
     positives, negatives = targets[:batch], targets[batch:]
-    rank, world = distributed() if gather else (0, 1)
+    rank, world = rank_and_world() if gather else (0, 1)
     all_queries, all_positives, all_negatives = queries, positives, negatives
     if world > 1:
         all_queries, all_positives = gather_with_grad(queries), gather_with_grad(positives)
@@ -167,14 +161,19 @@ class MRL(Objective):
 
     def loss(self, model, queries, targets) -> torch.Tensor:
         options = self.options
+        model = getattr(model, "module", model)  # the DDP wrapper holds the model's config and temperature
         dims = resolve_dims(options.dims, hidden_size(model))
         weights = options.dim_weights or (1.0,) * len(dims)
         if options.dim_weights:  # weights follow the configured order; dims are used sorted
             weights = tuple(w for _, w in sorted(zip(options.dims, options.dim_weights)))
-        learned = getattr(getattr(model, "module", model), SCALE_PARAM, None)
+        learned = getattr(model, SCALE_PARAM, None)
         logit_scale = learned.clamp(max=math.log(MAX_LOGIT_SCALE)).exp() if learned is not None \
             else 1.0 / options.temperature
         return matryoshka_info_nce(queries, targets, dims, weights, logit_scale, options.gather_across_processes)
+
+    def every_step_sees_images(self, samples: list) -> bool:
+        # GradCache replays query chunks (text only) after target chunks, each its own backward
+        return self.options.grad_cache_chunk <= 0 and all(s.target.image is not None for s in samples)
 
     def evaluator(self):
         settings = EncodeSettings.from_options(self.options, self.recipe.eval.batch_size)
@@ -194,9 +193,10 @@ def mine_hard_negatives(model, processor, samples: list[RetrievalSample], option
     if len(gallery) <= k:
         raise InputError(f"hard_negatives=mined: {len(gallery)} distinct training targets cannot give "
                          f"{k} negatives per query; lower objective.options.num_hard_negatives")
-    settings = EncodeSettings.from_options(options, batch_size)
-    scores = encode_texts(model, processor, [s.query for s in samples], settings) \
-        @ encode_targets(model, processor, gallery, settings).T  # (Q, G), full dim
+    # each of N processes encodes 1/N of the batches; every process ranks the gathered whole (D20)
+    queries, targets = encode_queries_and_gallery(model, processor, samples, gallery,
+                                                  EncodeSettings.from_options(options, batch_size))
+    scores = queries @ targets.T  # (Q, G), full dim
     rows, own = torch.arange(len(samples)), target_rows(samples, gallery)
     if options.mining_margin is not None:
         positive = scores[rows, own]

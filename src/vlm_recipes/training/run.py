@@ -33,6 +33,7 @@ from transformers import set_seed
 from ..config import InputError, RecipeConfig, StageConfig, to_dict
 from ..evaluation.plots import plot_loss
 from ..evaluation.result import EvalResult
+from ..models.distributed import barrier, is_main_process
 from ..models.loading import apply_stage, load_model, open_base, trainable_report
 from ..objectives import build_objective
 from .preemption import Interrupted, send_test_signal
@@ -54,7 +55,9 @@ def run_recipe(recipe: RecipeConfig, run_dir: Path, device: str = "cpu", report_
                command: str = "", resume: bool = False) -> RunResult:
     """Train and evaluate `recipe`, writing `run_dir`. `resume`: continue the run already in `run_dir`
     (its finished base evaluation and stages are kept, an unfinished stage goes on from its latest
-    checkpoint). The caller holds the directory's lock (`acquire_lock`)."""
+    checkpoint). The caller holds the directory's lock (`acquire_lock`). Under a launcher (torchrun,
+    accelerate) every process runs this, data parallel; only the main process writes `run_dir`
+    (DECISIONS D20)."""
     set_seed(recipe.seed)
     # Everything that can fail on bad input is checked before the run directory is made.
     base = open_base(recipe.model)
@@ -85,7 +88,8 @@ def with_pixel_budget(recipe: RecipeConfig, processor) -> RecipeConfig:
 
 
 def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_to, command, resume) -> RunResult:
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+    if is_main_process():
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
     write_json(run_dir / "run_info.json", run_info(recipe, device, command, base.family.name, base.path, run_dir, resume))
     evaluator = objective.evaluator()
 
@@ -127,9 +131,10 @@ def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_t
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "predictions.json", {"base": base_eval.predictions, "finetuned": final_eval.predictions})
     write_json(run_dir / "train_log.json", history)
-    plot_loss(history, run_dir / "loss.png", title=recipe.name)
-    evaluator.write_report(run_dir, metrics, base_eval, final_eval, data["test"])
-    log_evaluation(run_dir, metrics, report_to)
+    if is_main_process():
+        plot_loss(history, run_dir / "loss.png", title=recipe.name)
+        evaluator.write_report(run_dir, metrics, base_eval, final_eval, data["test"])
+        log_evaluation(run_dir, metrics, report_to)
     return RunResult(run_dir, metrics, evaluator.summary(metrics, final_eval))
 
 
@@ -171,12 +176,16 @@ def load_for_stage(path, recipe: RecipeConfig, stage: StageConfig, objective, de
 
 def save_stage_output(model, processor, stage: StageConfig, path: Path, merge: bool):
     """Save weights (LoRA adapter, or full model) and processor. A stage that feeds another is
-    saved merged, as a plain checkpoint the next stage loads like any base."""
-    path.mkdir(parents=True, exist_ok=True)
+    saved merged, as a plain checkpoint the next stage loads like any base. Every process merges
+    (each goes on with its copy); the main process writes, and the others wait until it has, since
+    the next stage loads from `path`."""
     if merge and stage.lora.targets != "none":
         model = model.merge_and_unload()
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
+    if is_main_process():
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+    barrier()
     return model
 
 
@@ -240,7 +249,10 @@ def read_json(path: Path, default):
 
 
 def write_json(path: Path, data) -> None:
-    """Written whole or not at all (a temporary file, then rename): a reader never sees half a file."""
+    """Written whole or not at all (a temporary file, then rename): a reader never sees half a file.
+    Only the main process writes the run directory; in the others this does nothing."""
+    if not is_main_process():
+        return
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     tmp.replace(path)

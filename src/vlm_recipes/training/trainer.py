@@ -13,6 +13,8 @@ from pathlib import Path
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..config import StageConfig, TrainConfig, TrainingDiverged
+from ..models.distributed import launched
+from ..models.loading import part_of
 from .preemption import Interrupted, StopOnSignal, stop_requested, training_phase
 
 LOSS_POINTS = 5
@@ -63,8 +65,19 @@ class DivergenceGuard(TrainerCallback):
                                    "train.learning_rate (or set train.divergence_factor=0)", step)
 
 
+def find_unused_parameters(model, objective, samples: list) -> bool | None:
+    """Whether DDP must look, every step, for trainable parameters the step left unused (a graph
+    walk per step; without it such a step fails or hangs). Only the vision tower and merger can sit
+    out a step, on a batch without images; a step of a recipe that trains only the LLM (LoRA or
+    not), or whose every batch holds images, uses every trainable parameter (DECISIONS D20)."""
+    if not launched():
+        return None  # no DDP; and a lazily generated dataset (pretraining's) is not walked for nothing
+    trains_vision = any(p.requires_grad and part_of(name) != "llm" for name, p in model.named_parameters())
+    return trains_vision and not objective.every_step_sees_images(samples)
+
+
 def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bool, use_cpu: bool,
-                       report_to: list[str]) -> TrainingArguments:
+                       report_to: list[str], find_unused: bool | None = None) -> TrainingArguments:
     """The stage's TrainingArguments (its `extra` keys were checked against them at load time)."""
     settings = dict(
         output_dir=str(output_dir),
@@ -89,6 +102,7 @@ def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bo
         use_cpu=use_cpu,
         dataloader_num_workers=0,
         remove_unused_columns=False,  # samples are objects; the collator builds tensors
+        ddp_find_unused_parameters=find_unused,  # None: Trainer's guess; ignored by one process
     )
     settings.update(train.extra)  # explicit extras win over the defaults above
     return TrainingArguments(**settings)
@@ -102,12 +116,14 @@ def train_stage(model, stage: StageConfig, objective, train_data: list, output_d
     saving a checkpoint when a signal stopped it."""
     train = dataclasses.replace(stage.train, logging_steps=min(stage.train.logging_steps,
                                                                max(1, total_steps(stage.train, len(train_data)) // LOSS_POINTS)))
-    args = training_arguments(train, output_dir, seed, bf16, use_cpu, report_to)
+    args = training_arguments(train, output_dir, seed, bf16, use_cpu, report_to,
+                              find_unused_parameters(model, objective, train_data))
     if stage.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # frozen embeddings + checkpointing need grads on inputs
     trainer = RecipeTrainer(model=model, args=args, train_dataset=train_data, data_collator=objective.collate,
                             objective=objective, callbacks=[DivergenceGuard(train.divergence_factor),
-                                                            StopOnSignal(stage.name)])
+                                                            StopOnSignal(stage.name)],
+                            compute_loss_func=objective.compute_loss_func)
     checkpoint = latest_checkpoint(output_dir) if resume else None
     with training_phase():
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

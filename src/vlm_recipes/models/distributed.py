@@ -1,0 +1,132 @@
+"""Several processes (torchrun, `accelerate launch`, `--gpu 0,1`): which process this is, which
+device is its own, which share of a job is its own, and gathering the shares back in order.
+
+With one process every helper is the identity, so callers never branch on it. The launchers set
+WORLD_SIZE / RANK / LOCAL_RANK; the process group is opened once by accelerate's PartialState
+(gloo on CPU, NCCL on GPU), the same state transformers' Trainer later uses for DDP.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def launched() -> bool:
+    """Started as one of several processes by torchrun / accelerate (before the group is opened)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_processes(device: str) -> None:
+    """Open the process group if this process was launched as one of several (idempotent)."""
+    if launched() and not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState(cpu=device == "cpu")
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, number of processes); (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """The one process that writes files and prints (rank 0)."""
+    return rank_and_world()[0] == 0
+
+
+def local_device(device: str) -> str:
+    """This process's own device: cuda:LOCAL_RANK under a launcher (each process holds a whole
+    model; data parallel), else `device` unchanged."""
+    if device == "cuda" and launched():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+def barrier() -> None:
+    if rank_and_world()[1] > 1:
+        dist.barrier()
+
+
+def _all_gather(obj) -> list:
+    world = rank_and_world()[1]
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _outcome(fn: Callable, *args) -> tuple[bool, object]:
+    """(True, result) or (False, the exception): an error travels to the other processes instead
+    of leaving them waiting in a collective that this process never reaches."""
+    try:
+        return True, fn(*args)
+    except Exception as err:  # re-raised on every process by _raise_first_error
+        return False, err
+
+
+def _raise_first_error(outcomes: list[tuple[bool, object]]) -> None:
+    """Every process raises the lowest rank's error, so all fail together with the same message
+    (which only the main process prints)."""
+    for ok, value in outcomes:
+        if not ok:
+            raise value
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """`fn()` run by the main process only; its result (or its error) reaches every process.
+    For work that must happen once: choosing and clearing the run directory."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return fn()
+    outcome = [_outcome(fn) if rank == 0 else None]
+    dist.broadcast_object_list(outcome, src=0)
+    _raise_first_error(outcome)
+    return outcome[0][1]
+
+
+def shard(items: Sequence[T], block: int) -> list[T]:
+    """This process's share of `items`: blocks of `block` consecutive items dealt round-robin
+    (block 0 to rank 0, block 1 to rank 1, ...). Blocks are the batches one process would run,
+    so every batch is computed exactly as without sharding: same rows, same padding."""
+    rank, world = rank_and_world()
+    starts = range(rank * block, len(items), world * block)
+    return [item for start in starts for item in items[start:start + block]]
+
+
+def gather(local, total: int, block: int):
+    """Inverse of `shard`: every process's per-item results (a list, or a tensor with one row per
+    item) back in the original order, on every process. Nothing padded, nothing dropped."""
+    return _reassemble(_all_gather(local), total, block)
+
+
+def _reassemble(parts: list, total: int, block: int):
+    world = len(parts)
+    pieces = []
+    for index, start in enumerate(range(0, total, block)):
+        owner, position = index % world, (index // world) * block
+        pieces.append(parts[owner][position:position + min(block, total - start)])
+    if pieces and isinstance(pieces[0], torch.Tensor):
+        return torch.cat(pieces)
+    return [item for piece in pieces for item in piece]
+
+
+def map_sharded(fn: Callable[[list], T], items: Sequence, block: int) -> T:
+    """`fn(items)` computed 1/N by each of N processes and gathered: `fn` maps a list to per-item
+    results (a list or a tensor of rows) and batches by `block` itself. An error in any process
+    is raised in all of them."""
+    mine = shard(items, block)
+    ok, value = _outcome(fn, mine) if mine else (True, [])
+    if isinstance(value, torch.Tensor):
+        value = value.cpu()  # gathered as pickles; the main process may sit on another device
+    outcomes = _all_gather((ok, value))
+    _raise_first_error(outcomes)
+    return _reassemble([v for _, v in outcomes], len(items), block)

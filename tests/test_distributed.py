@@ -1,0 +1,198 @@
+"""Data parallel (issue 16, DECISIONS D20): 2 gloo processes on CPU against 1 process with the same
+global batch. Every run goes through the real CLI entry (`vlm_recipes.cli.train.main`) on the tiny
+base and tiny data; the 2-process runs share one launch (a spawned pair with torchrun's variables),
+so the file pays the start-up of two interpreters once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlm_recipes.errors import InputError
+from vlm_recipes.models import distributed
+
+SMALL = ["--gpu", "cpu", "--no-wandb", "--max-steps", "3", "--set", "data.num_train=16", "--set", "data.num_test=5",
+         "--set", "eval.batch_size=2", "--set", "train.logging_steps=1"]  # 5 test rows in batches of 2: rank 0 gets 3 rows, rank 1 gets 2
+DETECTION = {  # per-device batch 4 on 2 processes = 8 on one; LoRA dropout off (masks depend on batch shape)
+    "r2-vision-only": [],
+    "r4-joint": ["--set", "lora.dropout=0.0"],
+}
+OTHERS = {
+    "diffusion": ["--set", "objective.options.steps=8", "--set", "objective.options.canvas_length=48"],
+    # mining sharded too; 11 test rows (the metrics need a gallery of at least 10)
+    "mrl": ["--set", "objective.options.hard_negatives=mined", "--set", "data.num_test=11"],
+}
+
+
+def _argv(recipe: str, extra: list[str], batch: int, out: Path) -> list[str]:
+    return ["--recipe", recipe, *SMALL, *extra, "--set", f"train.per_device_train_batch_size={batch}",
+            "--output-dir", str(out)]
+
+
+# --- shard / gather, no processes ------------------------------------------------------------
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("block", [1, 2, 3])
+def test_shards_cover_every_item_once_and_gather_restores_the_order(monkeypatch, world, block):
+    for total in range(1, 8):
+        items = list(range(total))
+        parts = []
+        for rank in range(world):
+            monkeypatch.setattr(distributed, "rank_and_world", lambda rank=rank: (rank, world))
+            parts.append(distributed.shard(items, block))
+        assert sorted(x for part in parts for x in part) == items  # nothing dropped or doubled
+        assert max(map(len, parts)) - min(map(len, parts)) <= block  # uneven by at most one batch
+        assert distributed._reassemble(parts, total, block) == items
+        rows = [torch.tensor(part, dtype=torch.float32).reshape(-1, 1) for part in parts]
+        assert distributed._reassemble(rows, total, block).flatten().tolist() == items
+
+
+# --- two processes ---------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, runs: list[list[str]], out):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    from vlm_recipes.cli.train import main
+    from vlm_recipes.training import run
+
+    writes = []  # what this process writes through the run's writer: must be nothing off the main process
+    real_write = run.write_json
+    run.write_json = lambda path, data: (writes.append(str(path)), real_write(path, data))
+    distributed.init_processes("cpu")
+
+    def fail_on_rank_1(part):
+        if distributed.rank_and_world()[0] == 1:
+            raise InputError("bad row on rank 1")
+        return part
+
+    try:
+        distributed.map_sharded(fail_on_rank_1, list(range(5)), 2)
+        error = None
+    except InputError as err:
+        error = str(err)
+    codes = [main(argv) for argv in runs]
+    out.put((rank, error, codes, writes))
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """Every recipe run by 2 processes at per-device batch 4; {rank: (error, exit codes, writes)}."""
+    import torch.multiprocessing as mp
+
+    root = tmp_path_factory.mktemp("ddp")
+    runs = [_argv(r, extra, 4, root / r) for r, extra in {**DETECTION, **OTHERS}.items()]
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_worker, args=(2, _free_port(), runs, queue), nprocs=2, join=True, start_method="spawn")
+    return root, {rank: rest for rank, *rest in (queue.get() for _ in range(2))}
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [e["loss"] for e in json.loads((run_dir / "train_log.json").read_text()) if "loss" in e]
+
+
+def test_an_error_in_one_process_fails_every_process_with_its_message(two_processes):
+    _, results = two_processes
+    assert [results[r][0] for r in (0, 1)] == ["bad row on rank 1"] * 2
+
+
+def test_every_recipe_runs_and_only_the_main_process_writes(two_processes):
+    root, results = two_processes
+    assert results[0][1] == results[1][1] == [0] * (len(DETECTION) + len(OTHERS))
+    assert results[1][2] == []  # rank 1 wrote nothing
+    for recipe in [*DETECTION, *OTHERS]:
+        assert json.loads((root / recipe / "status.json").read_text()) == {"state": "complete"}
+        assert sum(w.endswith(f"{recipe}/metrics.json") for w in results[0][2]) == 1
+        assert not list((root / recipe).glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("recipe", list(DETECTION))
+def test_two_processes_train_and_evaluate_like_one_with_the_same_global_batch(two_processes, tmp_path, recipe):
+    """Per-step losses equal (rel 1e-4); base metrics and predictions (sharded evaluation of the same
+    model on 5 rows: uneven shards) exactly equal; fine-tuned metrics equal."""
+    from vlm_recipes.cli.train import main
+
+    root, _ = two_processes
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the 2 processes: the same kernels, so evaluation is bit-identical
+    try:
+        assert main(_argv(recipe, DETECTION[recipe], 8, tmp_path / "one")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    one, two = tmp_path / "one", root / recipe
+    assert _losses(two) == pytest.approx(_losses(one), rel=1e-4) and len(_losses(one)) == 3
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (one, two)]
+    predictions = [json.loads((d / "predictions.json").read_text()) for d in (one, two)]
+    assert metrics[0]["base"] == metrics[1]["base"] and metrics[0]["base"]["n"] == 5
+    assert predictions[0]["base"] == predictions[1]["base"]
+    assert metrics[1]["finetuned"] == pytest.approx(metrics[0]["finetuned"], abs=1e-6)
+
+
+# --- launch settings: strategies, slurm --------------------------------------------------------
+
+@pytest.mark.parametrize("env", [{"ACCELERATE_USE_FSDP": "true"},
+                                 {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}])
+def test_sharded_weights_strategies_fail_with_one_line(monkeypatch, capsys, tmp_path, env):
+    from vlm_recipes.cli.train import main
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["--recipe", "r2-vision-only", "--gpu", "cpu", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "shards the weights" in err and "ddp.yaml" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_slurm_script_builds_the_two_node_launch(tmp_path):
+    """Under a faked 2-node allocation (scontrol on PATH prints the hosts) the dry run prints one srun
+    that starts, per node, accelerate with the multi-node arguments taken from the Slurm variables."""
+    import shlex
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    fake = tmp_path / "scontrol"
+    fake.write_text("#!/bin/sh\necho gpu-node-07\necho gpu-node-08\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", SLURM_JOB_NUM_NODES="2",
+               SLURM_JOB_NODELIST="gpu-node-[07-08]", SLURM_GPUS_ON_NODE="4")
+    out = subprocess.run([str(root / "scripts" / "train.slurm.sh"), "--dry-run", "--recipe", "r4-joint",
+                          "--output-dir", "runs/r4 2x4"], env=env, capture_output=True, text=True, check=True).stdout
+    summary, command = out.strip().splitlines()
+    assert summary == "nodes: 2 x 4 GPU(s) = 8 processes; rendezvous gpu-node-07:29500"
+    srun = shlex.split(command)
+    assert srun[:4] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"] and srun[4:6] == ["bash", "-c"]
+    launch = shlex.split(srun[6])
+    flags = dict(zip(launch[3::2], launch[4::2]))
+    assert launch[1:3] == ["-m", "accelerate.commands.launch"]
+    assert flags["--num_machines"] == "2" and flags["--num_processes"] == "8"
+    assert flags["--main_process_ip"] == "gpu-node-07" and flags["--config_file"].endswith("configs/accelerate/ddp.yaml")
+    assert launch[launch.index("--machine_rank") + 1] == "$SLURM_NODEID"  # expanded on each node
+    assert launch[-4:] == ["--recipe", "r4-joint", "--output-dir", "runs/r4 2x4"]
+
+
+def test_nproc_launches_processes_that_fail_together_with_one_line(tmp_path):
+    """`--gpu cpu --nproc 2` through accelerate's launcher: a model path that only the launched
+    processes open fails in both; one `error:` line (rank 0's), exit 2, no run directory."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(root / "scripts" / "train_recipe.py"), "--recipe", "r2-vision-only",
+                             "--gpu", "cpu", "--nproc", "2", "--no-wandb", "--model", str(tmp_path / "no-model"),
+                             "--output-dir", str(tmp_path / "run")], env=env, capture_output=True, text=True)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "no-model" in errors[0]
+    assert not (tmp_path / "run").exists()
