@@ -66,11 +66,15 @@ def _worker(rank: int, world: int, port: int, runs: list[list[str]], out):
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     from vlm_recipes.cli.train import main
-    from vlm_recipes.training import run
 
-    writes = []  # what this process writes through the run's writer: must be nothing off the main process
-    real_write = run.write_json
-    run.write_json = lambda path, data: (writes.append(str(path)), real_write(path, data))
+    writes = []  # the files this process writes (JSON, config.yaml, results.md): none off the main process
+    real_write_text = Path.write_text
+
+    def recording_write_text(self, *args, **kwargs):
+        writes.append(str(self))
+        return real_write_text(self, *args, **kwargs)
+
+    Path.write_text = recording_write_text
     distributed.init_processes("cpu")
 
     def fail_on_rank_1(part):
@@ -114,7 +118,8 @@ def test_every_recipe_runs_and_only_the_main_process_writes(two_processes):
     assert results[1][2] == []  # rank 1 wrote nothing
     for recipe in [*DETECTION, *OTHERS]:
         assert json.loads((root / recipe / "status.json").read_text()) == {"state": "complete"}
-        assert sum(w.endswith(f"{recipe}/metrics.json") for w in results[0][2]) == 1
+        # write_json writes .metrics.json.tmp, then renames it
+        assert sum(w.endswith(f"{recipe}/.metrics.json.tmp") for w in results[0][2]) == 1
         assert not list((root / recipe).glob(".*.tmp"))
 
 
