@@ -9,7 +9,7 @@ back in one process (so that a busy machine slows both alike), then prices a def
   tests   = 2 x num_test x seconds/image        (base and final evaluation)
   val     = evaluations x num_val x seconds/image (every eval_steps, and at the stage's end)
 and prints val / (train + tests). The step count is the default recipe's (its epochs over the rows
-left after carving the validation split).
+left after carving the validation split, or its max_steps).
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def main() -> None:
     recipe = load_recipe(args.recipe)
     data, train = recipe.data, recipe.stages[0].train
     rows = data.num_train - min(data.num_val, data.num_train // 10)
-    steps = math.ceil(rows / train.per_device_train_batch_size) * train.num_train_epochs
+    epochs = math.ceil(rows / train.per_device_train_batch_size) * train.num_train_epochs
+    steps = train.max_steps if train.max_steps > 0 else epochs
     evaluations = math.ceil(steps / train.eval_steps)
     train_s, tests_s = steps * step, 2 * data.num_test * image
     val_s = evaluations * min(data.num_val, data.num_train // 10) * image
