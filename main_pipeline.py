@@ -60,8 +60,9 @@ MODEL = os.environ.get("VLM_RECIPES_MODEL", "tiny")  # "tiny" = the shipped pret
 FAMILY = os.environ.get("VLM_RECIPES_FAMILY", "qwen3_vl")
 BASE = [f"model.name_or_path={MODEL}", f"model.family={FAMILY}"]
 RUNS = ROOT / "runs" / "notebooks" / "main_pipeline"
-# a short run: 40 steps of 8 images, 16 test images
-QUICK = BASE + ["train.max_steps=40", "data.num_train=320", "data.num_test=16", "eval.num_plot=8"]
+# a short run: 40 steps of 8 images, validated every 10 steps on 8 images, 16 test images
+QUICK = BASE + ["train.max_steps=40", "data.num_train=320", "data.num_test=16", "eval.num_plot=8",
+                "train.eval_steps=10", "data.num_val=8"]
 
 # %% [markdown]
 # ## 1. The base model
@@ -168,6 +169,16 @@ r4 = run_recipe(recipe, r4_dir, device="cpu")  # RunResult: run_dir, metrics (me
 r4_metrics = r4.metrics
 display(Markdown(r4.summary))
 display(Image(r4_dir / "loss.png"))
+
+# %% [markdown]
+# While it trained, the run scored the task metric on a validation split carved from the
+# training rows (`data.num_val`, never the test split) every `train.eval_steps` steps and at the
+# stage's end: `eval_history.json` holds the points, `metrics.json` the best step
+# (`train.load_best_at_end=true` would end the stage on that checkpoint).
+
+# %%
+print(r4_metrics["best"])
+display(Image(r4_dir / "val_curve.png"))
 
 # %% [markdown]
 # ## 6. IoU evaluation

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -131,6 +132,18 @@ class TrainConfig:
     """Keep only this many checkpoints per stage (the oldest are deleted)."""
     divergence_factor: float = 10.0
     """Stop (exit 1) when the logged loss exceeds this many times the first logged loss; 0 = off."""
+    eval_steps: int = 200
+    """Evaluate the task metric on the validation split (`data.num_val`) every this many optimizer
+    steps, and at the end of the stage. Each evaluation generates an answer per validation row, so
+    the default keeps evaluation at a few percent of a default run (README, DECISIONS D21)."""
+    metric_for_best: str = ""
+    """Validation metric that picks the best step, higher is better: "" = the objective's default
+    (`mean_iou`; mrl: `t2i.recall@1`, at the full dim unless one is named: `t2i.16.recall@1`)."""
+    load_best_at_end: bool = False
+    """End the stage on its best validated checkpoint instead of its last step (a non-final stage
+    passes that one on). Saves a checkpoint at every evaluation."""
+    early_stopping_patience: int = 0
+    """Stop the stage after this many evaluations without a better `metric_for_best`; 0 = never."""
     extra: dict = field(default_factory=dict)
     """Passed to TrainingArguments as is (checked against its fields at load time)."""
 
@@ -152,6 +165,8 @@ class TrainConfig:
                 raise InputError(f"train.{key}={getattr(self, key)}: must be >= 1")
         if not (self.divergence_factor == 0 or self.divergence_factor > 1) or not math.isfinite(self.divergence_factor):
             raise InputError(f"train.divergence_factor={self.divergence_factor}: must be > 1, or 0 to turn the check off")
+        if self.eval_steps < 1 or self.early_stopping_patience < 0:
+            raise InputError("train.eval_steps must be >= 1 and train.early_stopping_patience >= 0")
         _check_against_trainer(self)
 
 
@@ -211,12 +226,16 @@ class DataConfig:
     max_train: int | None = None
     """Use at most this many train rows (None: all)."""
     max_test: int | None = None
+    num_val: int = 64
+    """Validation rows carved (seeded) from the training rows, never from the test split, and
+    evaluated while training (`train.eval_steps`); at most a tenth of the training rows, so a
+    16-row debugging run keeps 15 to train on. 0 switches evaluation during training off."""
     prompt: str = "Locate the nutrition table in the image."
     label: str = "nutrition table"
 
     def __post_init__(self):
-        if self.num_train < 1 or self.num_test < 1:
-            raise InputError("data.num_train and data.num_test must be >= 1")
+        if self.num_train < 1 or self.num_test < 1 or self.num_val < 0:
+            raise InputError("data.num_train and data.num_test must be >= 1, data.num_val >= 0")
         for key in ("max_train", "max_test"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise InputError(f"data.{key}={getattr(self, key)}: must be >= 1 (or null: no limit)")
@@ -342,6 +361,23 @@ OBJECTIVE_OPTIONS: dict[str, type] = {"sft": SFTOptions, "mrl": MRLOptions, "mdl
 its options here."""
 
 
+DETECTION_METRICS = ("mean_iou", "median_iou", "detection_rate", "iou_gt_0.5", "iou_gt_0.7", "ap", "ap50",
+                     "exact_match")
+RETRIEVAL_METRIC = re.compile(r"^(t2i|i2t)(\.\d+)?\.(recall@1|recall@5|recall@10|mrr@10|ndcg@10)$")
+DEFAULT_METRIC = {"sft": "mean_iou", "mdlm": "mean_iou", "mrl": "t2i.recall@1"}
+"""Objective name -> the validation metric `train.metric_for_best` defaults to (higher is better)."""
+
+
+def check_metric(objective: str, metric: str, where: str) -> None:
+    """A metric the objective's evaluator reports: detection names (exact_match on conversation
+    data), or mrl's `t2i|i2t[.dim].recall@k|mrr@10|ndcg@10`."""
+    valid = RETRIEVAL_METRIC.match(metric) if objective == "mrl" else metric in DETECTION_METRICS
+    if not valid:
+        choices = ("t2i.recall@1, i2t.recall@5, t2i.16.ndcg@10, ... (t2i|i2t[.dim].recall@1|5|10, mrr@10, ndcg@10)"
+                   if objective == "mrl" else ", ".join(DETECTION_METRICS))
+        raise InputError(f"{where}={metric!r} is not a metric of objective {objective!r}: choose one of {choices}")
+
+
 @dataclass(frozen=True)
 class ObjectiveConfig:
     name: str = "sft"
@@ -410,6 +446,22 @@ class RecipeConfig:
         names = [stage.name for stage in self.stages]
         if len(set(names)) != len(names):
             raise InputError(f"recipe {self.name!r}: stage names must be unique (they name output directories): {names}")
+        for index, stage in enumerate(self.stages):
+            self._check_validation(stage.train, f"stages.{index}.train")
+
+    def _check_validation(self, train: TrainConfig, where: str) -> None:
+        check_metric(self.objective.name, self.metric_for_best(train), f"{where}.metric_for_best")
+        if self.data.num_val == 0 and (train.load_best_at_end or train.early_stopping_patience):
+            raise InputError(f"{where}.load_best_at_end / early_stopping_patience need a validation split: "
+                             "set data.num_val >= 1")
+        ema = getattr(self.objective.options, "ema_decay", 0.0)
+        if ema and train.load_best_at_end:
+            raise InputError(f"{where}.load_best_at_end: objective.options.ema_decay ends training on the "
+                             "weights' average, which would replace the best checkpoint; use one of the two")
+
+    def metric_for_best(self, train: TrainConfig) -> str:
+        """The stage's validation metric: its own `metric_for_best`, else the objective's default."""
+        return train.metric_for_best or DEFAULT_METRIC[self.objective.name]
 
 
 # --- loading -------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -66,20 +67,25 @@ class Opened:
 
 def load_splits(data: DataConfig, kind: Literal["detection", "retrieval", "chat"], seed: int,
                 num_hard_negatives: int = 0) -> dict[str, list]:
-    """{"train": samples, "test": samples} of `data.dataset` for one kind of objective.
+    """{"train": samples, "val": samples, "test": samples} of `data.dataset` for one kind of
+    objective; "val" is carved from the training samples (`carve_validation`).
 
     A slice `name[train:N,test:M]` overrides `data.max_train`/`data.max_test` for every kind: a
     seeded random subset of detection rows, the first rows of retrieval and conversation data.
     "chat": a dataset with a `messages` column gives ChatSamples (sliced, `max_*` unused); any other
     source gives DetectionSamples. `num_hard_negatives`: retrieval only, negatives each row must have.
     """
+    if kind not in ("detection", "retrieval", "chat"):
+        raise ValueError(f"kind={kind!r}: must be detection, retrieval or chat")
+    return carve_validation(_load_kind(data, kind, seed, num_hard_negatives), data.num_val, seed)
+
+
+def _load_kind(data: DataConfig, kind: str, seed: int, num_hard_negatives: int) -> dict[str, list]:
     # the converters import this module: imported here, not at the top, to avoid a cycle
     from .detection import load_detection_splits
     from .messages import messages_splits, open_messages_source
     from .retrieval import load_retrieval_splits
 
-    if kind not in ("detection", "retrieval", "chat"):
-        raise ValueError(f"kind={kind!r}: must be detection, retrieval or chat")
     source, limits = parse_split_spec(data.dataset)
     max_train, max_test = limits.get("train", data.max_train), limits.get("test", data.max_test)
     if kind == "retrieval":
@@ -90,6 +96,17 @@ def load_splits(data: DataConfig, kind: Literal["detection", "retrieval", "chat"
         return messages_splits(messages, source, limits)
     return load_detection_splits(source, num_train=data.num_train, num_test=data.num_test, max_train=max_train,
                                  max_test=max_test, seed=seed)
+
+
+def carve_validation(splits: dict[str, list], num_val: int, seed: int) -> dict[str, list]:
+    """`splits` with "val": min(num_val, a tenth of train) training samples picked at random
+    (seeded), removed from "train", which keeps its order. Never taken from "test": the test split
+    stays the untouched final judge, and the validation rows are never trained on."""
+    train = splits["train"]
+    count = min(num_val, len(train) // 10)
+    picked = set(random.Random(seed).sample(range(len(train)), count))
+    return {**splits, "train": [s for i, s in enumerate(train) if i not in picked],
+            "val": [train[i] for i in sorted(picked)]}
 
 
 # --- the data.dataset string -------------------------------------------------------------------

@@ -30,6 +30,23 @@ def plot_loss(history: list[dict], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
+def plot_validation(rows: list[dict], best: dict, path: Path, title: str = "") -> None:
+    """The validation metric against step, one line per stage (steps count from each stage's
+    start), the best step starred."""
+    metric = best["metric"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for stage in dict.fromkeys(r["stage"] for r in rows):
+        points = [(r["step"], r["metrics"][metric]) for r in rows if r["stage"] == stage and metric in r["metrics"]]
+        ax.plot(*zip(*points), marker="o", markersize=3, label=stage)
+    ax.plot([best["step"]], [best["value"]], marker="*", markersize=14, color="tab:red", linestyle="none",
+            label=f"best: {best['value']:.3f} at step {best['step']}")
+    ax.set(xlabel="step", ylabel=f"validation {metric}", title=f"{title} validation {metric}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_box_grid(samples, predicted: dict[str, list], path: Path, num: int = 8, columns: int = 4) -> None:
     """Test images with the true box (green) and each model's prediction (one colour per model)."""
     colours = ["tab:red", "tab:blue", "tab:orange"]

@@ -33,3 +33,30 @@ def stages_line(metrics: dict) -> str:
     """A run's stages in one line for its summary: name, training time, trainable parameters."""
     return ", ".join(f"{s['name']} ({s['train_seconds']} s, {s['trainable_params']:,} trainable)"
                      for s in metrics["stages"])
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
+    """{"t2i": {"128": {"recall@1": x}}} -> {"t2i/128/recall@1": x}; numbers only."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def pick_metric(metrics: dict, name: str) -> float:
+    """The value `name` (dotted, as `train.metric_for_best` writes it) names in an evaluator's
+    metrics. A level keyed by Matryoshka dims that the name skips means the full (largest) dim:
+    "t2i.recall@1" -> metrics["t2i"]["128"]["recall@1"]."""
+    node, parts = metrics, name.split(".")
+    while parts:
+        if isinstance(node, dict) and parts[0] not in node and node and all(k.isdigit() for k in node):
+            node = node[max(node, key=int)]
+            continue
+        if not isinstance(node, dict) or parts[0] not in node:
+            raise KeyError(f"metric {name!r} is not among the evaluator's: {', '.join(flatten(metrics))}")
+        node = node[parts.pop(0)]
+    return float(node)

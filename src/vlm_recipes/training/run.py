@@ -31,13 +31,13 @@ import yaml
 from transformers import set_seed
 
 from ..config import InputError, RecipeConfig, StageConfig, to_dict
-from ..evaluation.plots import plot_loss
-from ..evaluation.result import EvalResult
+from ..evaluation.plots import plot_loss, plot_validation
+from ..evaluation.result import EvalResult, flatten
 from ..models.distributed import barrier, is_main_process
 from ..models.loading import apply_stage, load_model, open_base, trainable_report
 from ..objectives import build_objective
 from .preemption import Interrupted, send_test_signal
-from .trainer import train_stage
+from .trainer import Validation, train_stage
 
 LOCK_FILE, BASE_EVAL_FILE, PROGRESS_FILE = "run.lock", "base_eval.json", "progress.json"
 
@@ -64,6 +64,7 @@ def run_recipe(recipe: RecipeConfig, run_dir: Path, device: str = "cpu", report_
     recipe = with_pixel_budget(recipe, base.processor)
     objective = build_objective(recipe, base.processor, base.family)
     data = objective.load_data()
+    check_validation_split(recipe, data["val"])
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_status(run_dir, "running")
@@ -128,9 +129,10 @@ def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_t
                "base": base_eval.metrics, "finetuned": final_eval.metrics,
                "train_seconds": round(train_seconds, 1),
                "trainable_params": max(s["trainable_params"] for s in stages_info), "stages": stages_info}
-    write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "predictions.json", {"base": base_eval.predictions, "finetuned": final_eval.predictions})
     write_json(run_dir / "train_log.json", history)
+    write_validation(run_dir, recipe, history, metrics)  # adds metrics["best"]
+    write_json(run_dir / "metrics.json", metrics)
     if is_main_process():
         plot_loss(history, run_dir / "loss.png", title=recipe.name)
         evaluator.write_report(run_dir, metrics, base_eval, final_eval, data["test"])
@@ -145,7 +147,8 @@ def _train_one_stage(model, recipe, stage, objective, data, base, run_dir, outpu
     report = trainable_report(model)
     stage_start = time.time()
     log = train_stage(model, stage, objective, data["train"], run_dir / "trainer" / stage.name, recipe.seed,
-                      bf16=model.dtype == torch.bfloat16, use_cpu=device == "cpu", report_to=report_to, resume=resume)
+                      bf16=model.dtype == torch.bfloat16, use_cpu=device == "cpu", report_to=report_to, resume=resume,
+                      validation=validation_for(recipe, stage, objective.evaluator(), data["val"]))
     model = save_stage_output(model, base.processor, stage, output, merge=merge)
     return model, {"name": stage.name, "train_seconds": round(time.time() - stage_start, 1),
                    "trainable_params": report.trainable_params, "trainable": report.trainable,
@@ -162,6 +165,44 @@ def phase(name: str):
     except Interrupted as err:
         err.stage = err.stage or name
         raise
+
+
+def validation_for(recipe: RecipeConfig, stage: StageConfig, evaluator, samples: list) -> Validation | None:
+    """How the stage is validated while it trains; None when there is no validation split
+    (data.num_val=0, or a training split under 10 rows)."""
+    return Validation(evaluator, samples, recipe.metric_for_best(stage.train)) if samples else None
+
+
+def check_validation_split(recipe: RecipeConfig, samples: list) -> None:
+    """A stage that keeps its best checkpoint or stops early needs validation rows to exist."""
+    needs = [s.name for s in recipe.stages if s.train.load_best_at_end or s.train.early_stopping_patience]
+    if needs and not samples:
+        raise InputError(f"stage {needs[0]!r}: load_best_at_end / early_stopping_patience need a validation "
+                         "split, but data.num_val carved none (at most a tenth of the training rows is "
+                         "carved): use more training rows")
+
+
+def write_validation(run_dir: Path, recipe: RecipeConfig, history: list[dict], metrics: dict) -> None:
+    """eval_history.json, val_curve.png and metrics.json's "best": the validated step that scored
+    highest in the last stage (with load_best_at_end, the model that was tested)."""
+    rows = validation_rows(history)
+    if not rows:
+        return
+    write_json(run_dir / "eval_history.json", rows)
+    last = recipe.stages[-1]
+    metric = recipe.metric_for_best(last.train)
+    best = max((r for r in rows if r["stage"] == last.name), key=lambda r: r["metrics"][metric])
+    metrics["best"] = {"stage": best["stage"], "step": best["step"], "metric": metric,
+                       "value": best["metrics"][metric]}
+    if is_main_process():
+        plot_validation(rows, metrics["best"], run_dir / "val_curve.png", title=recipe.name)
+
+
+def validation_rows(history: list[dict]) -> list[dict]:
+    """(stage, step, metrics) for every evaluation Trainer logged (keys "eval_*", prefix dropped)."""
+    return [{"stage": entry["stage"], "step": entry["step"],
+             "metrics": {key[len("eval_"):]: value for key, value in entry.items() if key.startswith("eval_")}}
+            for entry in history if any(key.startswith("eval_") for key in entry)]
 
 
 def read_eval(path: Path) -> EvalResult | None:
@@ -204,18 +245,6 @@ def log_evaluation(run_dir: Path, metrics: dict, report_to: list[str]) -> None:
 
         if wandb.run is not None:  # the Trainer's run, still open after training
             wandb.run.summary.update(scalars)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
-    """{"t2i": {"128": {"recall@1": x}}} -> {"t2i/128/recall@1": x}; numbers only."""
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
 
 
 def run_info(recipe: RecipeConfig, device: str, command: str, family: str, base_path: str, run_dir: Path,

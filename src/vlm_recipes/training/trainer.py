@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
 from ..config import StageConfig, TrainConfig, TrainingDiverged
+from ..errors import InputError
+from ..evaluation.result import flatten, pick_metric
 from ..models.distributed import launched
 from ..models.loading import part_of
 from .preemption import Interrupted, StopOnSignal, stop_requested, training_phase
@@ -22,11 +25,37 @@ LOSS_POINTS = 5
 and the divergence check has a first value to compare with, however short the run."""
 
 
+@dataclass
+class Validation:
+    """What a stage is validated with while it trains: the run's own evaluator on the validation
+    samples, and the metric (dotted, e.g. "mean_iou", "t2i.recall@1") that picks the best step."""
+    evaluator: object
+    samples: list
+    metric: str
+
+
 class RecipeTrainer(Trainer):
-    def __init__(self, *args, objective, **kwargs):
+    def __init__(self, *args, objective, validation: Validation | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.objective = objective
+        self.objective, self.validation = objective, validation
         objective.prepare_trainer(self)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """The task metric (IoU from batched generation, or retrieval recall) from the run's evaluator
+        on the validation split, instead of Trainer's loss-only loop. Trainer's schedule, best-model
+        tracking, early stopping and loggers (TensorBoard, W&B) take it as they would its own."""
+        validation = self.validation
+        result = validation.evaluator.evaluate(self.model, validation.samples,
+                                               desc=f"validation, step {self.state.global_step}")
+        try:
+            chosen = pick_metric(result.metrics, validation.metric)
+        except KeyError as err:
+            raise InputError(f"train.metric_for_best={validation.metric!r}: {err.args[0]}") from None
+        metrics = {f"{metric_key_prefix}_{key}": value for key, value in flatten(result.metrics).items()}
+        metrics[f"{metric_key_prefix}_{validation.metric}"] = chosen
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # an objective may own the whole step (mrl's gradient caching runs several backward passes)
@@ -76,8 +105,31 @@ def find_unused_parameters(model, objective, samples: list) -> bool | None:
     return trains_vision and not objective.every_step_sees_images(samples)
 
 
+class EvaluateAtStageEnd(TrainerCallback):
+    """Trainer evaluates every `eval_steps`; the stage's last step is evaluated (and saved, when the
+    best checkpoint is kept) too, so that the last model competes for best."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = True
+            control.should_save = args.save_strategy != "no"
+
+
+def validation_arguments(train: TrainConfig, metric: str) -> dict:
+    """TrainingArguments that evaluate every `train.eval_steps` and track `metric`. Keeping the
+    best needs a checkpoint at each evaluation, so checkpoints then follow the evaluations instead
+    of `train.save_steps`; they stay whole (optimizer, scheduler, RNG) so that `--resume` works
+    the same, and Trainer keeps the best on top of `train.save_total_limit`."""
+    settings = dict(eval_strategy="steps", eval_steps=train.eval_steps, metric_for_best_model=metric,
+                    greater_is_better=True)
+    if train.load_best_at_end:
+        settings.update(load_best_model_at_end=True, save_steps=train.eval_steps)
+    return settings
+
+
 def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bool, use_cpu: bool,
-                       report_to: list[str], find_unused: bool | None = None) -> TrainingArguments:
+                       report_to: list[str], find_unused: bool | None = None,
+                       metric: str | None = None) -> TrainingArguments:
     """The stage's TrainingArguments (its `extra` keys were checked against them at load time)."""
     settings = dict(
         output_dir=str(output_dir),
@@ -104,25 +156,30 @@ def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bo
         remove_unused_columns=False,  # samples are objects; the collator builds tensors
         ddp_find_unused_parameters=find_unused,  # None: Trainer's guess; ignored by one process
     )
+    if metric is not None:
+        settings.update(validation_arguments(train, metric))
     settings.update(train.extra)  # explicit extras win over the defaults above
     return TrainingArguments(**settings)
 
 
 def train_stage(model, stage: StageConfig, objective, train_data: list, output_dir: Path,
-                seed: int, bf16: bool, use_cpu: bool, report_to: list[str], resume: bool = False) -> list[dict]:
-    """Train `model` in place for one stage with `objective` (its collate, loss, step hooks);
-    returns the trainer's log history. `resume`: continue from the latest checkpoint in `output_dir`
-    (weights, optimizer, scheduler, RNG, data order), if there is one. Raises `Interrupted` after
-    saving a checkpoint when a signal stopped it."""
+                seed: int, bf16: bool, use_cpu: bool, report_to: list[str], resume: bool = False,
+                validation: Validation | None = None) -> list[dict]:
+    """Train `model` in place for one stage with `objective` (its collate, loss, step hooks),
+    validated with `validation` if given (with `load_best_at_end`, `model` ends as the best
+    checkpoint); returns the trainer's log history. `resume`: continue from the latest checkpoint in
+    `output_dir` (weights, optimizer, scheduler, RNG, data order), if there is one. Raises
+    `Interrupted` after saving a checkpoint when a signal stopped it."""
     train = dataclasses.replace(stage.train, logging_steps=min(stage.train.logging_steps,
                                                                max(1, total_steps(stage.train, len(train_data)) // LOSS_POINTS)))
     args = training_arguments(train, output_dir, seed, bf16, use_cpu, report_to,
-                              find_unused_parameters(model, objective, train_data))
+                              find_unused_parameters(model, objective, train_data),
+                              validation.metric if validation else None)
     if stage.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # frozen embeddings + checkpointing need grads on inputs
     trainer = RecipeTrainer(model=model, args=args, train_dataset=train_data, data_collator=objective.collate,
-                            objective=objective, callbacks=[DivergenceGuard(train.divergence_factor),
-                                                            StopOnSignal(stage.name)],
+                            eval_dataset=validation.samples if validation else None, objective=objective,
+                            validation=validation, callbacks=stage_callbacks(stage, validation),
                             compute_loss_func=objective.compute_loss_func)
     checkpoint = latest_checkpoint(output_dir) if resume else None
     with training_phase():
@@ -146,3 +203,12 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
     found = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
     return Path(found) if found else None
+
+
+def stage_callbacks(stage: StageConfig, validation: Validation | None) -> list[TrainerCallback]:
+    callbacks = [DivergenceGuard(stage.train.divergence_factor), StopOnSignal(stage.name)]
+    if validation:
+        callbacks.append(EvaluateAtStageEnd())
+    if validation and stage.train.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(stage.train.early_stopping_patience))
+    return callbacks
