@@ -205,7 +205,12 @@ def test_directory_without_data(tmp_path):
 
 
 def test_hub_failure_says_to_pass_a_local_path(monkeypatch):
+    """The hub answers but the load fails (offline, the fast check of D19 answers first: tests/test_resilience.py)."""
     import datasets
+
+    from vlm_recipes.data import sources
+
+    monkeypatch.setattr(sources, "_hub_reachable", lambda endpoint: True)
 
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach the hub\nsecond line")
