@@ -301,7 +301,10 @@ def train(args: argparse.Namespace, argv: list[str]):
     if nproc > 1:  # bad input has failed above, in this one process, before any launch
         with claimed_output_dir(run_dir, recipe.name, args.overwrite, resume) as run_dir:
             os.environ[CLAIMED_BY_LAUNCHER] = str(run_dir)  # the processes inherit the claim
-            return launch_data_parallel(argv, nproc, run_dir, device)
+            try:
+                return launch_data_parallel(argv, nproc, run_dir, device)
+            finally:  # this process may start other runs (tests, notebooks): the claim ends here
+                del os.environ[CLAIMED_BY_LAUNCHER]
     with run_directory(run_dir, recipe.name, args.overwrite, resume) as run_dir:
         report_to = setup_wandb(run_dir, not args.no_wandb)
         command = " ".join([Path(sys.argv[0]).name, *argv])
