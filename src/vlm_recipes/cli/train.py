@@ -143,16 +143,17 @@ def launch_strategy() -> str:
     return "ddp"
 
 
-def check_strategy(recipe) -> None:
+def check_strategy(recipe=None) -> None:
     """Fail with one line where the launch strategy cannot run the recipe (README "Several GPUs and
-    nodes", DECISIONS D20)."""
+    nodes", DECISIONS D20). Called first without the recipe: a sharded-weights launch is refused
+    before the recipe loads (loading builds TrainingArguments, which set DeepSpeed/FSDP up)."""
     strategy = launch_strategy()
     if strategy in ("fsdp", "zero3"):
         raise InputError(f"{strategy} shards the weights across the processes, but a run evaluates, merges and saves "
                          "the trained model inside every process, where it would hold one shard: launch with "
                          "configs/accelerate/ddp.yaml or zero2.yaml (or --parallel model for a model that does not "
                          "fit one GPU)")
-    if strategy == "zero2" and getattr(recipe.objective.options, "grad_cache_chunk", 0) > 0:
+    if strategy == "zero2" and recipe is not None and getattr(recipe.objective.options, "grad_cache_chunk", 0) > 0:
         raise InputError("zero2: DeepSpeed steps the optimizer inside every backward, and GradCache "
                          "(objective.options.grad_cache_chunk) runs several backward passes a step: use "
                          "configs/accelerate/ddp.yaml, or grad_cache_chunk=0")
@@ -285,6 +286,7 @@ def train(args: argparse.Namespace, argv: list[str]):
     """The run (a RunResult), or the exit code of the data-parallel processes launched for it."""
     from ..models.distributed import init_processes, launched
 
+    check_strategy()
     device = select_device(args.gpu)
     nproc = 1 if launched() else process_count(args, device)
     init_processes(device)
