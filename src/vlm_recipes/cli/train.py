@@ -181,7 +181,9 @@ def launch_data_parallel(argv: list[str], nproc: int, run_dir: Path, device: str
     try:
         launch_command(launch)
     except ChildFailedError as err:
-        return min(err.failures.items())[1].exitcode or EXIT_FAILED
+        # a process the agent stopped after another one failed exits by signal: report the real error's code
+        codes = [failure.exitcode for _, failure in sorted(err.failures.items())]
+        return next((code for code in codes if 0 < code < 128), EXIT_FAILED)
     return 0
 
 
