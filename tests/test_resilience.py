@@ -208,6 +208,10 @@ def files(tmp_path):
 
 
 TRAIN_CASES = [  # (argv, what the one line must say); {name} is a path from `files`
+    (["--recipe", "r5-sft-grpo", "--set", "stages.1.objective.options.num_generations=1"], "num_generations=1"),
+    (["--recipe", "r5-sft-grpo", "--set", "stages.1.objective.options.beta=-1"], "beta=-1.0"),
+    (["--recipe", "r5-sft-grpo", "--set", "stages.1.objective.options.loss_type=ppo"], "loss_type='ppo'"),
+    (["--recipe", "mrl", "--set", "data.num_shifted=8"], "data.num_shifted=8"),
     (["--recipe", "r4-joint", "--set", "train.lr_scheduler_type=bogus"], "train.lr_scheduler_type='bogus'"),
     (["--recipe", "r4-joint", "--set", "train.warmup_ratio=-1"], "train.warmup_ratio=-1.0"),
     (["--recipe", "r4-joint", "--set", "eval.batch_size=0"], "eval.batch_size=0"),

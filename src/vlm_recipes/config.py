@@ -201,6 +201,9 @@ class StageConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    objective: ObjectiveConfig | None = None
+    """This stage's own objective (name and options); None: the recipe's. Only one that shares the
+    recipe objective's data and evaluator (config.SHARED_DATA): sft and grpo."""
 
     def __post_init__(self):
         if self.quantization.load_in_4bit and self.lora.targets == "none":
@@ -230,12 +233,16 @@ class DataConfig:
     """Validation rows carved (seeded) from the training rows, never from the test split, and
     evaluated while training (`train.eval_steps`); at most a tenth of the training rows, so a
     16-row debugging run keeps 15 to train on. 0 switches evaluation during training off."""
+    num_shifted: int = 0
+    """Rows of an out-of-domain test split, never trained on, evaluated beside the test split for
+    the base and every stage (detection only). "synthetic": generated in a shifted style (other
+    backgrounds, table layouts, image sizes and distractors); another source: its split "shifted"."""
     prompt: str = "Locate the nutrition table in the image."
     label: str = "nutrition table"
 
     def __post_init__(self):
-        if self.num_train < 1 or self.num_test < 1 or self.num_val < 0:
-            raise InputError("data.num_train and data.num_test must be >= 1, data.num_val >= 0")
+        if self.num_train < 1 or self.num_test < 1 or self.num_val < 0 or self.num_shifted < 0:
+            raise InputError("data.num_train and data.num_test must be >= 1, data.num_val and data.num_shifted >= 0")
         for key in ("max_train", "max_test"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise InputError(f"data.{key}={getattr(self, key)}: must be >= 1 (or null: no limit)")
@@ -356,15 +363,67 @@ class MDLMOptions:
         return self.block_length if self.block_length is not None else self.canvas_length
 
 
-OBJECTIVE_OPTIONS: dict[str, type] = {"sft": SFTOptions, "mrl": MRLOptions, "mdlm": MDLMOptions}
+@dataclass(frozen=True)
+class GRPOOptions:
+    """Group Relative Policy Optimization on the grounding task, by TRL's GRPOTrainer (objectives/grpo.py).
+    Each prompt (an image and `data.prompt`) is answered `num_generations` times by sampling; each
+    answer is rewarded (objectives/rewards.py) and its advantage is its reward against its group's."""
+    num_generations: int = 4
+    """Answers sampled per prompt (the group). At least 2: an advantage is relative to the group."""
+    prompts_per_step: int = 4
+    """Prompts per optimizer step and process; a step trains on prompts_per_step x num_generations answers."""
+    temperature: float = 1.0
+    """Sampling temperature of the answers."""
+    max_completion_length: int = 64
+    """Longest sampled answer in tokens (a box answer takes ~20-42)."""
+    beta: float = 0.0
+    """KL coefficient against the stage's starting model (0: no KL term and no reference pass;
+    VLM-R1 uses 0.04). With LoRA the reference is the frozen starting adapter, not a second model."""
+    epsilon: float = 0.2
+    """PPO-style clip range of the probability ratio."""
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = "dapo"
+    """TRL's token aggregation: grpo (per-answer mean), dr_grpo (a constant), dapo (tokens of the whole batch)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide advantages by the group's reward std (GRPO), the batch's, or not at all (Dr. GRPO)."""
+    iou_weight: float = 1.0
+    """Weight of `iou_reward`: IoU of the first parsed box with the true box."""
+    format_weight: float = 0.5
+    """Weight of `format_reward`: 1 when the answer parses into exactly one box with the asked label."""
+    length_weight: float = 0.0
+    """Weight of `length_penalty`: minus the tokens beyond the true answer's length, over max_completion_length."""
+
+    def __post_init__(self):
+        if self.num_generations < 2:
+            raise InputError(f"objective.options.num_generations={self.num_generations}: a GRPO group needs at "
+                             "least 2 answers per prompt (advantages are relative to the group)")
+        if self.prompts_per_step < 1 or self.max_completion_length < 1:
+            raise InputError("objective.options.prompts_per_step and max_completion_length must be >= 1")
+        if not 0 < self.temperature < math.inf:
+            raise InputError(f"objective.options.temperature={self.temperature}: must be positive (sampling)")
+        if not 0 <= self.beta < math.inf:
+            raise InputError(f"objective.options.beta={self.beta}: the KL coefficient must be >= 0")
+        if not 0 < self.epsilon < 1:
+            raise InputError(f"objective.options.epsilon={self.epsilon}: the clip range must be in (0, 1)")
+        weights = (self.iou_weight, self.format_weight, self.length_weight)
+        if any(w < 0 or not math.isfinite(w) for w in weights) or not any(weights):
+            raise InputError("objective.options.iou_weight, format_weight and length_weight must be >= 0, "
+                             "and at least one > 0")
+
+
+OBJECTIVE_OPTIONS: dict[str, type] = {"sft": SFTOptions, "mrl": MRLOptions, "mdlm": MDLMOptions,
+                                      "grpo": GRPOOptions}
 """Objective name -> its options dataclass. A new objective adds its module in objectives/ and
 its options here."""
+
+SHARED_DATA = {"sft": {"grpo"}, "grpo": {"sft"}}
+"""Objectives a stage may use instead of the recipe's: they read the same rows and are scored by
+the same evaluator, so one run can chain them (r5-sft-grpo: SFT, then GRPO)."""
 
 
 DETECTION_METRICS = ("mean_iou", "median_iou", "detection_rate", "iou_gt_0.5", "iou_gt_0.7", "ap", "ap50",
                      "exact_match")
 RETRIEVAL_METRIC = re.compile(r"^(t2i|i2t)(\.\d+)?\.(recall@1|recall@5|recall@10|mrr@10|ndcg@10)$")
-DEFAULT_METRIC = {"sft": "mean_iou", "mdlm": "mean_iou", "mrl": "t2i.recall@1"}
+DEFAULT_METRIC = {"sft": "mean_iou", "mdlm": "mean_iou", "grpo": "mean_iou", "mrl": "t2i.recall@1"}
 """Objective name -> the validation metric `train.metric_for_best` defaults to (higher is better)."""
 
 
@@ -381,7 +440,7 @@ def check_metric(objective: str, metric: str, where: str) -> None:
 @dataclass(frozen=True)
 class ObjectiveConfig:
     name: str = "sft"
-    """Objective module in vlm_recipes.objectives: sft, mrl or mdlm."""
+    """Objective module in vlm_recipes.objectives: sft, grpo, mrl or mdlm."""
     options: Any = None
     """The objective's own options dataclass (OBJECTIVE_OPTIONS[name]); None = its defaults."""
 
@@ -447,6 +506,11 @@ class RecipeConfig:
         if len(set(names)) != len(names):
             raise InputError(f"recipe {self.name!r}: stage names must be unique (they name output directories): {names}")
         for index, stage in enumerate(self.stages):
+            own = stage.objective.name if stage.objective else self.objective.name
+            if own != self.objective.name and own not in SHARED_DATA.get(self.objective.name, ()):
+                raise InputError(f"stages.{index}.objective.name={own!r} cannot follow the recipe's objective "
+                                 f"{self.objective.name!r}: a stage may only switch between objectives that share "
+                                 "data and evaluator (sft and grpo); make it a separate recipe")
             self._check_validation(stage.train, f"stages.{index}.train")
 
     def _check_validation(self, train: TrainConfig, where: str) -> None:
@@ -458,6 +522,10 @@ class RecipeConfig:
         if ema and train.load_best_at_end:
             raise InputError(f"{where}.load_best_at_end: objective.options.ema_decay ends training on the "
                              "weights' average, which would replace the best checkpoint; use one of the two")
+
+    def objective_for(self, stage: StageConfig) -> ObjectiveConfig:
+        """The objective that trains `stage`: its own, else the recipe's."""
+        return stage.objective or self.objective
 
     def metric_for_best(self, train: TrainConfig) -> str:
         """The stage's validation metric: its own `metric_for_best`, else the objective's default."""
@@ -502,7 +570,8 @@ def apply_override(raw: dict, item: str) -> None:
         raise InputError(f"--set {item!r}: expected key=value, e.g. --set train.learning_rate=1e-4")
     value = yaml.safe_load(text) if text else ""
     parts = key.strip().split(".")
-    stage_keys = {f.name for f in dataclasses.fields(StageConfig)} - {"name"}
+    # `objective.*` is the recipe's (a stage's own is set as stages.N.objective...)
+    stage_keys = {f.name for f in dataclasses.fields(StageConfig)} - {"name", "objective"}
     if parts[0] in stage_keys:
         for stage in raw.setdefault("stages", [{}]):
             _set_path(stage, parts, value, key)

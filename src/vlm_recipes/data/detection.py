@@ -44,14 +44,15 @@ class DetectionSample:
 def load_detection_splits(source: str, train_split: str = "train", test_split: str = "test",
                           max_train: int | None = None, max_test: int | None = None, seed: int = 0,
                           num_train: int = 800, num_test: int = 100, max_side: int | None = 1024,
-                          ) -> dict[str, list[DetectionSample]]:
+                          num_shifted: int = 0) -> dict[str, list[DetectionSample]]:
     """{"train": [...], "test": [...]} from `source` (see the module docstring).
 
     `max_train`/`max_test` keep a random subset of that size, fixed by `seed`, in the original
     row order. `num_train`/`num_test` are the row counts generated for "synthetic" only.
     `max_side` downscales larger images (box scaled with them) so that a real dataset of
     multi-megapixel photos fits in memory; the Qwen processor shrinks them further anyway.
-    None keeps full resolution.
+    None keeps full resolution. `num_shifted` > 0 adds "shifted": that many rows of the out-of-domain
+    split (generated in the shifted style for "synthetic"; else the source's split "shifted").
     """
     for name, value in (("max_train", max_train), ("max_test", max_test), ("max_side", max_side)):
         if value is not None and value < 1:
@@ -61,12 +62,15 @@ def load_detection_splits(source: str, train_split: str = "train", test_split: s
         # subsampling, only faster
         n_train = min(num_train, max_train or num_train)
         n_test = min(num_test, max_test or num_test)
-        dd = make_nutrition_dataset(n_train=n_train, n_test=n_test, seed=seed)
+        dd = make_nutrition_dataset(n_train=n_train, n_test=n_test, seed=seed, n_shifted=num_shifted)
         splits = undecoded(dd)
     else:
         splits = open_source(source).splits
-    return {"train": _convert(source, splits, train_split, max_train, seed, max_side),
-            "test": _convert(source, splits, test_split, max_test, seed, max_side)}
+    out = {"train": _convert(source, splits, train_split, max_train, seed, max_side),
+           "test": _convert(source, splits, test_split, max_test, seed, max_side)}
+    if num_shifted:
+        out["shifted"] = _convert(source, splits, "shifted", num_shifted, seed, max_side)
+    return out
 
 
 # --- rows -> samples --------------------------------------------------------------------

@@ -68,7 +68,8 @@ class Opened:
 def load_splits(data: DataConfig, kind: Literal["detection", "retrieval", "chat"], seed: int,
                 num_hard_negatives: int = 0) -> dict[str, list]:
     """{"train": samples, "val": samples, "test": samples} of `data.dataset` for one kind of
-    objective; "val" is carved from the training samples (`carve_validation`).
+    objective; "val" is carved from the training samples (`carve_validation`); detection data with
+    `data.num_shifted` > 0 adds "shifted", the out-of-domain test split.
 
     A slice `name[train:N,test:M]` overrides `data.max_train`/`data.max_test` for every kind: a
     seeded random subset of detection rows, the first rows of retrieval and conversation data.
@@ -77,6 +78,9 @@ def load_splits(data: DataConfig, kind: Literal["detection", "retrieval", "chat"
     """
     if kind not in ("detection", "retrieval", "chat"):
         raise ValueError(f"kind={kind!r}: must be detection, retrieval or chat")
+    if data.num_shifted and kind != "detection":
+        raise InputError(f"data.num_shifted={data.num_shifted}: an out-of-domain split is scored by detection "
+                         "IoU, which this recipe's objective does not use; set data.num_shifted=0")
     return carve_validation(_load_kind(data, kind, seed, num_hard_negatives), data.num_val, seed)
 
 
@@ -95,7 +99,7 @@ def _load_kind(data: DataConfig, kind: str, seed: int, num_hard_negatives: int) 
     if messages is not None:
         return messages_splits(messages, source, limits)
     return load_detection_splits(source, num_train=data.num_train, num_test=data.num_test, max_train=max_train,
-                                 max_test=max_test, seed=seed)
+                                 max_test=max_test, seed=seed, num_shifted=data.num_shifted)
 
 
 def carve_validation(splits: dict[str, list], num_val: int, seed: int) -> dict[str, list]:

@@ -76,6 +76,10 @@ def _jitter(rng: random.Random, c: RGB, amount: int = 15) -> RGB:
 def _background(rng: random.Random, w: int, h: int) -> Image.Image:
     """Flat colour, gradient or bands, plus pixel noise: packaging rarely is one clean colour."""
     c1, c2 = np.array(_colour(rng), np.float32), np.array(_colour(rng), np.float32)
+    return _noisy(rng, _profile_background(rng, w, h, c1, c2))
+
+
+def _profile_background(rng: random.Random, w: int, h: int, c1, c2) -> np.ndarray:
     kind, along_x = rng.choice(["flat", "gradient", "bands"]), rng.random() < 0.5
     n = w if along_x else h
     if kind == "flat":
@@ -86,7 +90,25 @@ def _background(rng: random.Random, w: int, h: int) -> Image.Image:
     else:
         edges = np.cumsum([rng.randint(12, 60) for _ in range(30)])
         profile = np.where((np.searchsorted(edges, np.arange(n), side="right") % 2)[:, None] == 0, c1, c2)
-    arr = np.broadcast_to(profile[None] if along_x else profile[:, None], (h, w, 3)).astype(np.float32)
+    return np.broadcast_to(profile[None] if along_x else profile[:, None], (h, w, 3)).astype(np.float32)
+
+
+def _textured_background(rng: random.Random, w: int, h: int) -> Image.Image:
+    """The shifted style's backgrounds, never seen in training: checks, diagonal stripes or dots."""
+    c1, c2 = np.array(_colour(rng), np.float32), np.array(_colour(rng), np.float32)
+    kind, cell = rng.choice(["checks", "diagonal", "dots"]), rng.randint(8, 24)
+    ys, xs = np.mgrid[0:h, 0:w]
+    if kind == "checks":
+        pattern = (xs // cell + ys // cell) % 2 == 0
+    elif kind == "diagonal":
+        pattern = ((xs + ys) // cell) % 2 == 0
+    else:
+        pattern = ((xs % cell - cell / 2) ** 2 + (ys % cell - cell / 2) ** 2) < (cell / 3) ** 2
+    return _noisy(rng, np.where(pattern[..., None], c1, c2).astype(np.float32))
+
+
+def _noisy(rng: random.Random, arr: np.ndarray) -> Image.Image:
+    h, w = arr.shape[:2]
     noise = np.random.default_rng(rng.getrandbits(32)).integers(-12, 13, (h, w, 1), dtype=np.int16)
     arr += noise * rng.uniform(0.2, 1.0)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
@@ -186,9 +208,14 @@ def _draw_item(rng: random.Random, img: Image.Image, kind: str, box: Box, colour
 
 # --- nutrition tables -------------------------------------------------------------------
 
-def _nutrition_table(rng: random.Random, tw: int, th: int) -> Image.Image:
-    """The table alone, `tw`x`th`; drawn on its own canvas so its text is clipped to it."""
+def _nutrition_table(rng: random.Random, tw: int, th: int, shifted: bool = False) -> Image.Image:
+    """The table alone, `tw`x`th`; drawn on its own canvas so its text is clipped to it. The shifted
+    style prints it on a tinted card in coloured ink, with dotted rules or none."""
     bg, ink = _colour(rng, 232, 255), _colour(rng, 0, 60)
+    if shifted:
+        tint = rng.randrange(3)
+        bg = tuple(rng.randint(150, 200) if c == tint else rng.randint(225, 255) for c in range(3))
+        ink = tuple(rng.randint(0, 120) if c == tint else rng.randint(0, 40) for c in range(3))
     table = Image.new("RGB", (tw, th), bg)
     d = ImageDraw.Draw(table)
     border = rng.choice([1, 2, 2, 3]) if min(tw, th) > 60 else rng.choice([1, 2])
@@ -206,6 +233,7 @@ def _nutrition_table(rng: random.Random, tw: int, th: int) -> Image.Image:
     rule = ink if rng.random() < 0.6 else _colour(rng, 90, 150)
     rh = fs + rng.randint(3, 6)
     per_100g = tw > 110 and rng.random() < 0.4
+    dotted = shifted and rng.random() < 0.5
     font = _font(fs)
     for name, unit in rng.sample(NUTRIENTS, len(NUTRIENTS)):
         if y + rh > th - pad:
@@ -219,7 +247,11 @@ def _nutrition_table(rng: random.Random, tw: int, th: int) -> Image.Image:
         if per_100g:
             d.text((tw * 0.55, y + 1), value.split(" ")[0], font=font, fill=ink)
         y += rh
-        d.line([(0, y - 1), (tw - 1, y - 1)], fill=rule, width=1)
+        if not shifted:
+            d.line([(0, y - 1), (tw - 1, y - 1)], fill=rule, width=1)
+        elif dotted:
+            for x in range(0, tw, 4):
+                d.point((x, y - 1), fill=rule)
     d.rectangle([0, 0, tw - 1, th - 1], outline=ink, width=border)  # last: nothing covers the border
     return table
 
@@ -261,17 +293,24 @@ def _distractor(rng: random.Random, img: Image.Image, avoid: list[Box]) -> None:
         avoid.append(box)
 
 
-def render_nutrition_example(rng: random.Random) -> tuple[Image.Image, Box]:
-    """A packaging-like image and the canonical box of its one nutrition table."""
-    w, h = rng.randint(MIN_SIDE, MAX_SIDE), rng.randint(MIN_SIDE, MAX_SIDE)
-    img = _background(rng, w, h)
+SHIFTED_SIDES = (224, 320)
+"""Image sides of the shifted style: larger than any training image (MIN_SIDE..MAX_SIDE)."""
+
+
+def render_nutrition_example(rng: random.Random, shifted: bool = False) -> tuple[Image.Image, Box]:
+    """A packaging-like image and the canonical box of its one nutrition table. `shifted`: the
+    out-of-domain style (textured backgrounds, tinted tables with dotted or no rules, larger images,
+    twice the distractors), which no training row has."""
+    sides = SHIFTED_SIDES if shifted else (MIN_SIDE, MAX_SIDE)
+    w, h = rng.randint(*sides), rng.randint(*sides)
+    img = _textured_background(rng, w, h) if shifted else _background(rng, w, h)
     tw, th = round(w * rng.uniform(0.2, 0.6)), round(h * rng.uniform(0.2, 0.6))
     x, y = rng.randint(0, w - tw), rng.randint(0, h - th)
     box = (float(x), float(y), float(x + tw), float(y + th))
     avoid: list[Box] = [box]
-    for _ in range(rng.randint(3, 7)):
+    for _ in range(rng.randint(6, 12) if shifted else rng.randint(3, 7)):
         _distractor(rng, img, avoid)
-    img.paste(_nutrition_table(rng, tw, th), (x, y))
+    img.paste(_nutrition_table(rng, tw, th, shifted), (x, y))
     return img, box
 
 
@@ -280,7 +319,8 @@ def _nutrition_split(split: str, n: int, seed: int) -> Dataset:
     for i in range(n):
         # str seeds are hashed with SHA-512: stable across runs and platforms; the split name in
         # the seed keeps train and test disjoint, and row i does not depend on n.
-        img, (x1, y1, x2, y2) = render_nutrition_example(random.Random(f"nutrition:{seed}:{split}:{i}"))
+        img, (x1, y1, x2, y2) = render_nutrition_example(random.Random(f"nutrition:{seed}:{split}:{i}"),
+                                                         shifted=split == "shifted")
         w, h = img.size
         png = io.BytesIO()
         img.save(png, format="PNG", compress_level=1)  # 4x faster than datasets' default level 6
@@ -292,12 +332,15 @@ def _nutrition_split(split: str, n: int, seed: int) -> Dataset:
     return Dataset.from_list(rows, features=NUTRITION_FEATURES)
 
 
-def make_nutrition_dataset(n_train: int = 800, n_test: int = 100, seed: int = 0) -> DatasetDict:
-    """Splits "train" and "test" in the OpenFoodFacts nutrition-table-detection schema."""
-    if n_train < 0 or n_test < 0:
-        raise InputError(f"n_train={n_train}, n_test={n_test}: row counts cannot be negative")
-    return DatasetDict({"train": _nutrition_split("train", n_train, seed),
-                        "test": _nutrition_split("test", n_test, seed)})
+def make_nutrition_dataset(n_train: int = 800, n_test: int = 100, seed: int = 0, n_shifted: int = 0) -> DatasetDict:
+    """Splits "train" and "test" (and "shifted", the out-of-domain style, when `n_shifted` > 0) in the
+    OpenFoodFacts nutrition-table-detection schema."""
+    if n_train < 0 or n_test < 0 or n_shifted < 0:
+        raise InputError(f"n_train={n_train}, n_test={n_test}, n_shifted={n_shifted}: row counts cannot be negative")
+    splits = {"train": _nutrition_split("train", n_train, seed), "test": _nutrition_split("test", n_test, seed)}
+    if n_shifted:
+        splits["shifted"] = _nutrition_split("shifted", n_shifted, seed)
+    return DatasetDict(splits)
 
 
 # --- generic shapes for pretraining -------------------------------------------------------

@@ -96,11 +96,30 @@ def detection_table(rows: list[tuple[str, dict]]) -> str:
 
 
 def detection_summary(metrics: dict) -> str:
-    table = detection_table([("base", metrics["base"]), (metrics["recipe"], metrics["finetuned"])])
+    """Base against fine-tuned; a multi-stage run shows each stage's output, and a run with an
+    out-of-domain split (data.num_shifted) shows it in a second table."""
+    table = detection_table(stage_rows(metrics, metrics["by_stage"] if "by_stage" in metrics else {}, "finetuned"))
     gain = metrics["finetuned"]["mean_iou"] - metrics["base"]["mean_iou"]
-    return (f"# {metrics['recipe']}: base vs fine-tuned\n\n{table}\n\n"
+    text = (f"# {metrics['recipe']}: base vs fine-tuned\n\n{table}\n\n"
             f"Mean IoU gain: {gain:+.3f} on {metrics['finetuned']['n']} test images. "
             f"Base model: `{metrics['base_model']}` ({metrics['family']}). Stages: {stages_line(metrics)}.")
+    shifted = metrics.get("shifted")
+    if shifted:
+        rows = stage_rows({**metrics, "base": shifted["base"]}, {k: v for k, v in shifted.items() if k != "base"}, None)
+        text += (f"\n\n## Out-of-domain split ({shifted['base']['n']} images of the shifted style, never trained on)"
+                 f"\n\n{detection_table(rows)}")
+    return text
+
+
+def stage_rows(metrics: dict, by_stage: dict, final_key: str | None) -> list[tuple[str, dict]]:
+    """Table rows: base, then each stage's output when there are several (the last named after the
+    recipe), else the recipe's final model."""
+    rows = [("base", metrics["base"])]
+    if len(by_stage) > 1:
+        names = list(by_stage)
+        return rows + [(f"{metrics['recipe']} ({name})" if name == names[-1] else f"after {name}", by_stage[name])
+                       for name in names]
+    return rows + [(metrics["recipe"], metrics[final_key] if final_key else next(iter(by_stage.values())))]
 
 
 def text_summary(metrics: dict) -> str:

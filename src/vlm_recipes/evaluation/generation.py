@@ -41,9 +41,15 @@ def _generate(model, processor, images, prompts, max_new_tokens: int, output_sco
                          output_scores=output_scores, return_dict_in_generate=True)
     model.train(was_training)
     new_tokens = out.sequences[:, batch["input_ids"].shape[1]:]  # (batch, new)
-    texts = [t.split(tokenizer.eos_token)[0].replace(tokenizer.pad_token, "")
-             for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=False)]
-    return texts, new_tokens, out.scores
+    return answer_texts(tokenizer, new_tokens), new_tokens, out.scores
+
+
+def answer_texts(tokenizer, token_ids) -> list[str]:
+    """Generated token ids -> answer texts, special tokens kept (Qwen2-VL writes boxes with them),
+    each cut at its first end-of-turn token and without padding. Evaluation and GRPO's rewards read
+    answers through this one function, so a reward scores exactly what evaluation would."""
+    return [t.split(tokenizer.eos_token)[0].replace(tokenizer.pad_token, "")
+            for t in tokenizer.batch_decode(token_ids, skip_special_tokens=False)]
 
 
 def generate_answers(model, processor, images: list, prompt: str, batch_size: int, max_new_tokens: int,

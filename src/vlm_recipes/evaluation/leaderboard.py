@@ -21,8 +21,10 @@ from pathlib import Path
 DETECTION_COLUMNS = [  # (key, title)
     ("model", "model"), ("recipe", "recipe"), ("mean_iou", "mean IoU"), ("median_iou", "median IoU"),
     ("detection_rate", "detection rate"), ("iou_gt_0.5", "IoU>0.5"), ("iou_gt_0.7", "IoU>0.7"),
-    ("ap", "AP@[.5:.95]"), ("train_seconds", "train time (s)"), ("trainable_params", "trainable params"),
+    ("ap", "AP@[.5:.95]"), ("shifted_mean_iou", "shifted mean IoU"), ("train_seconds", "train time (s)"),
+    ("trainable_params", "trainable params"),
 ]
+"""`shifted_mean_iou`: mean IoU on the out-of-domain split (data.num_shifted); shown when a run has one."""
 
 
 @dataclass
@@ -150,6 +152,9 @@ def _detection_rows(runs: list[Run]) -> list[dict]:
         values = m["base"] if base else m["finetuned"]
         row = {"model": name, "recipe": "" if base else m.get("recipe", ""), "run": "" if base else str(run.path)}
         row.update({key: values.get(key) for key, _ in DETECTION_COLUMNS[2:8]})
+        shifted = m.get("shifted") or {}
+        final = m["stages"][-1]["name"] if m.get("stages") else ""
+        row["shifted_mean_iou"] = (shifted.get("base" if base else final) or {}).get("mean_iou")
         row["train_seconds"] = None if base else m.get("train_seconds")
         row["trainable_params"] = None if base else m.get("trainable_params")
         return row
@@ -206,7 +211,7 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 def to_markdown(board: Leaderboard) -> str:
     parts = []
     if board.detection:
-        parts.append("## Detection (sorted by mean IoU)\n\n" + markdown_table(board.detection, DETECTION_COLUMNS))
+        parts.append("## Detection (sorted by mean IoU)\n\n" + markdown_table(board.detection, detection_columns(board)))
     if board.retrieval:
         parts.append("## Retrieval (sorted by text->image Recall@1 at the full dim)\n\n"
                      + markdown_table(board.retrieval, board.retrieval_columns))
@@ -215,6 +220,12 @@ def to_markdown(board: Leaderboard) -> str:
     if board.skipped:
         parts.append("## Runs not in the tables\n\n" + "\n".join(f"- `{path}`: {why}" for path, why in board.skipped))
     return "\n\n".join(parts) + "\n"
+
+
+def detection_columns(board: Leaderboard) -> list[tuple[str, str]]:
+    """The detection table's columns; the shifted split's only when some run was scored on one."""
+    has_shifted = any(row.get("shifted_mean_iou") is not None for row in board.detection)
+    return [c for c in DETECTION_COLUMNS if c[0] != "shifted_mean_iou" or has_shifted]
 
 
 def write_csv(rows: list[dict], columns: list[tuple[str, str]], path: Path) -> None:

@@ -47,6 +47,30 @@ def plot_validation(rows: list[dict], best: dict, path: Path, title: str = "") -
     plt.close(fig)
 
 
+REWARD_CURVES = [("reward", "total reward"), ("rewards/iou_reward/mean", "IoU reward"),
+                 ("rewards/format_reward/mean", "format reward"), ("watch/parsed", "answers that parse"),
+                 ("watch/area_ratio", "predicted / true box area")]
+
+
+def plot_rewards(history: list[dict], path: Path, title: str = "") -> None:
+    """A GRPO stage's rewards and reward-hacking signals against step: the mean total and per-reward
+    rewards, the fraction of answers that parse and the predicted box's area over the true one's
+    (1 = right-sized; a climb means boxes grow to game IoU)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key, label in REWARD_CURVES:
+        points = [(e["step"], e[key]) for e in history if key in e]
+        if points:
+            (right if key == "watch/area_ratio" else left).plot(*zip(*points), marker="o", markersize=2, label=label)
+    left.set(xlabel="step", ylabel="mean over the step's answers", title=f"{title} rewards")
+    right.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    right.set(xlabel="step", ylabel="area ratio", title="predicted / true box area")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_box_grid(samples, predicted: dict[str, list], path: Path, num: int = 8, columns: int = 4) -> None:
     """Test images with the true box (green) and each model's prediction (one colour per model)."""
     colours = ["tab:red", "tab:blue", "tab:orange"]

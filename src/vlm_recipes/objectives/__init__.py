@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib
 
-from ..config import RecipeConfig
+from ..config import ObjectiveConfig, RecipeConfig
 from .base import Objective
 
 
-def build_objective(recipe: RecipeConfig, processor, family) -> Objective:
-    """The recipe's objective, built for one run (the name was checked when the recipe loaded)."""
-    module = importlib.import_module(f"{__name__}.{recipe.objective.name}")
-    return module.OBJECTIVE_CLASS(recipe, processor, family)
+def build_objective(recipe: RecipeConfig, processor, family, config: ObjectiveConfig | None = None) -> Objective:
+    """An objective built for one run: `config` (a stage's own objective), else the recipe's. The
+    name was checked when the recipe loaded."""
+    config = config or recipe.objective
+    module = importlib.import_module(f"{__name__}.{config.name}")
+    return module.OBJECTIVE_CLASS(recipe, processor, family, config)

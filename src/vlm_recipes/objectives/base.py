@@ -1,8 +1,10 @@
-"""The interface every objective implements (SFT, contrastive MRL, masked diffusion).
+"""The interface every objective implements (SFT, GRPO, contrastive MRL, masked diffusion).
 
-An objective is built once per run, `build_objective(recipe, processor, family)`, and holds its
-parsed options, the processor and the family. What varies between objectives, and so is all an
-objective supplies: the batch (`collate`), the loss or the whole step, and the evaluator.
+An objective is built once per run and stage, `build_objective(recipe, processor, family, config)`,
+and holds its parsed options, the processor and the family. What varies between objectives, and so
+is all an objective supplies: the batch (`collate`), the loss or the whole step, and the evaluator.
+An objective whose library ships its own trainer (GRPO: TRL's GRPOTrainer) names that class and
+its arguments class; the shared run still builds, validates, checkpoints and saves it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Literal
 import torch
 from transformers import TrainerCallback
 
-from ..config import RecipeConfig
+from ..config import ObjectiveConfig, RecipeConfig, TrainConfig
 from ..data.sources import load_splits
 
 
@@ -25,13 +27,39 @@ class Objective:
     """Trainer's `compute_loss_func(outputs, labels, num_items_in_batch)` for an objective whose loss is
     the model's own from `labels` (SFT); None: `compute_loss` below, or the model's loss as it is."""
 
-    def __init__(self, recipe: RecipeConfig, processor, family):
-        self.recipe, self.options = recipe, recipe.objective.options
+    loss_is_positive = True
+    """A cross-entropy-like loss: exactly 0 after the first step means nothing is trained (the
+    divergence guard stops the run). A policy-gradient loss (GRPO) is often 0 or negative."""
+
+    trainer_class = None
+    """The Trainer subclass to train with; None: transformers' Trainer. The run mixes its own hooks
+    (validation, objective steps) into whichever class this is."""
+
+    arguments_class = None
+    """Its TrainingArguments subclass (TRL's GRPOConfig); None: TrainingArguments."""
+
+    def __init__(self, recipe: RecipeConfig, processor, family, config: ObjectiveConfig | None = None):
+        self.recipe, self.config = recipe, config or recipe.objective
+        self.options = self.config.options
         self.processor, self.family = processor, family
 
     def load_data(self) -> dict[str, list]:
         """{"train": [...], "test": [...]}: the recipe's data as this objective's samples."""
         return load_splits(self.recipe.data, self.data_kind, self.recipe.seed)
+
+    def samples_per_step(self, train: TrainConfig) -> int:
+        """Training samples one optimizer step of one process consumes (before accumulation)."""
+        return train.per_device_train_batch_size
+
+    def trainer_arguments(self) -> dict:
+        """Arguments of `arguments_class` the objective sets itself (GRPO: its group size, sampling,
+        KL and clipping). Default: none."""
+        return {}
+
+    def trainer_inputs(self, train: list, val: list) -> dict:
+        """The keyword arguments, besides model, args and callbacks, that build the trainer."""
+        return {"train_dataset": train, "eval_dataset": val or None, "data_collator": self.collate,
+                "compute_loss_func": self.compute_loss_func}
 
     def prepare_model(self, model):
         """Hook after loading, before freezing/LoRA (e.g. a mask token). Returns the model."""

@@ -113,8 +113,8 @@ class MRL(Objective):
     name = "mrl"
     data_kind = "retrieval"
 
-    def __init__(self, recipe, processor, family):
-        super().__init__(recipe, processor, family)
+    def __init__(self, recipe, processor, family, config=None):
+        super().__init__(recipe, processor, family, config)
         self.collate = MRLCollator(processor, self.options)
 
     def load_data(self):

@@ -6,8 +6,9 @@ Run directory (complete only when status.json says "complete"):
   run_info.json       command line, seed, device, library versions
   status.json         running | failed (error, step) | interrupted (stage, step) | complete
   run.lock            pid and host of the process writing it, while it runs (one writer per run directory)
-  base_eval.json      the base model's evaluation, kept so that --resume does not repeat it
-  progress.json       the stages finished so far (--resume never repeats one)
+  base_eval.json      the base model's evaluation (and on the shifted split, if any), kept so that
+                      --resume does not repeat it
+  progress.json       the stages finished so far, with their test evaluations (--resume repeats none)
   model/              final adapter or weights + processor (+ stages/<n>-<name>/ for earlier stages)
   trainer/<stage>/    Trainer output; TensorBoard logs under runs/ (evaluation scalars under evaluation/)
   metrics.json, predictions.json, train_log.json, results.md, loss.png, and the evaluator's plots
@@ -31,7 +32,7 @@ import yaml
 from transformers import set_seed
 
 from ..config import InputError, RecipeConfig, StageConfig, to_dict
-from ..evaluation.plots import plot_loss, plot_validation
+from ..evaluation.plots import plot_loss, plot_rewards, plot_validation
 from ..evaluation.result import EvalResult, flatten
 from ..models.distributed import barrier, is_main_process
 from ..models.loading import apply_stage, load_model, open_base, trainable_report
@@ -94,12 +95,13 @@ def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_t
     write_json(run_dir / "run_info.json", run_info(recipe, device, command, base.family.name, base.path, run_dir, resume))
     evaluator = objective.evaluator()
 
-    model, base_eval = None, read_eval(run_dir / BASE_EVAL_FILE) if resume else None
+    model, (base_eval, base_shifted) = None, read_base_eval(run_dir / BASE_EVAL_FILE) if resume else (None, None)
     if base_eval is None:
         model = load_for_stage(base.path, recipe, recipe.stages[0], objective, device)
         with phase("base evaluation"):
             base_eval = evaluator.evaluate(model, data["test"], desc="base model")
-        write_json(run_dir / BASE_EVAL_FILE, dataclasses.asdict(base_eval))
+            base_shifted = evaluate_shifted(evaluator, model, data, "base model")
+        write_json(run_dir / BASE_EVAL_FILE, {**dataclasses.asdict(base_eval), "shifted": base_shifted})
     finished = read_json(run_dir / PROGRESS_FILE, []) if resume else []
     stages_info, source = [], base.path
     start = time.time()
@@ -110,23 +112,34 @@ def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_t
             stages_info.append(finished[index])
             source = output
             continue
+        trainer_objective = objective if stage.objective is None else build_objective(
+            recipe, base.processor, base.family, stage.objective)
         # the last stage, even when finished, is re-entered: its final checkpoint gives its model back
         if index > 0 or model is None:
-            model = load_for_stage(source, recipe, stage, objective, device)
-        model, info = _train_one_stage(model, recipe, stage, objective, data, base, run_dir, output, device,
-                                       report_to, resume, merge=not last)
+            model = load_for_stage(source, recipe, stage, trainer_objective, device)
+        model, info = _train_one_stage(model, recipe, stage, trainer_objective, evaluator, data, base, run_dir,
+                                       output, device, report_to, resume, merge=not last)
+        if not last:  # each stage's output on the test split: one evaluation each (the last one's is below)
+            with phase(f"evaluation of stage {stage.name}"):
+                info["test"] = evaluator.evaluate(model, data["test"], desc=f"stage {stage.name}").metrics
+                info["shifted"] = evaluate_shifted(evaluator, model, data, f"stage {stage.name}")
         stages_info.append(info)
         write_json(run_dir / PROGRESS_FILE, stages_info)
         source = output
     train_seconds = time.time() - start
     history = [dict(entry, stage=info["name"]) for info in stages_info for entry in info["log"]]
-    stages_info = [{k: v for k, v in info.items() if k != "log"} for info in stages_info]
 
     with phase("final evaluation"):
         final_eval = evaluator.evaluate(model, data["test"], desc="fine-tuned model")
+        stages_info[-1].update(test=final_eval.metrics,
+                               shifted=evaluate_shifted(evaluator, model, data, "fine-tuned model"))
+    by_stage = {info["name"]: info["test"] for info in stages_info}
+    shifted = {"base": base_shifted, **{info["name"]: info["shifted"] for info in stages_info}}
+    stages_info = [{k: v for k, v in info.items() if k not in ("log", "test", "shifted")} for info in stages_info]
     metrics = {"recipe": recipe.name, **objective.summary(model), "objective": objective.name,
                "family": base.family.name, "base_model": base.path,
-               "base": base_eval.metrics, "finetuned": final_eval.metrics,
+               "base": base_eval.metrics, "finetuned": final_eval.metrics, "by_stage": by_stage,
+               **({"shifted": shifted} if "shifted" in data else {}),
                "train_seconds": round(train_seconds, 1),
                "trainable_params": max(s["trainable_params"] for s in stages_info), "stages": stages_info}
     write_json(run_dir / "predictions.json", {"base": base_eval.predictions, "finetuned": final_eval.predictions})
@@ -135,25 +148,37 @@ def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_t
     write_json(run_dir / "metrics.json", metrics)
     if is_main_process():
         plot_loss(history, run_dir / "loss.png", title=recipe.name)
+        if any("reward" in entry for entry in history):  # a GRPO stage: rewards and reward hacking
+            plot_rewards(history, run_dir / "rewards.png", title=recipe.name)
         evaluator.write_report(run_dir, metrics, base_eval, final_eval, data["test"])
         log_evaluation(run_dir, metrics, report_to)
     return RunResult(run_dir, metrics, evaluator.summary(metrics, final_eval))
 
 
-def _train_one_stage(model, recipe, stage, objective, data, base, run_dir, output, device, report_to, resume, merge):
-    """Apply the stage (freeze, LoRA), train it (from its latest checkpoint when resuming), save its
-    output; returns the model and the stage's entry of metrics.json (plus its loss log)."""
+def _train_one_stage(model, recipe, stage, objective, evaluator, data, base, run_dir, output, device, report_to,
+                     resume, merge):
+    """Apply the stage (freeze, LoRA), train it with `objective` (from its latest checkpoint when
+    resuming), validated by the run's `evaluator`, save its output; returns the model and the stage's
+    entry of metrics.json (plus its loss log)."""
     model = apply_stage(model, stage)
     report = trainable_report(model)
     stage_start = time.time()
     log = train_stage(model, stage, objective, data["train"], run_dir / "trainer" / stage.name, recipe.seed,
                       bf16=model.dtype == torch.bfloat16, use_cpu=device == "cpu", report_to=report_to, resume=resume,
-                      validation=validation_for(recipe, stage, objective.evaluator(), data["val"]))
+                      validation=validation_for(recipe, stage, evaluator, data["val"]))
     model = save_stage_output(model, base.processor, stage, output, merge=merge)
-    return model, {"name": stage.name, "train_seconds": round(time.time() - stage_start, 1),
+    return model, {"name": stage.name, "objective": objective.name,
+                   "train_seconds": round(time.time() - stage_start, 1),
                    "trainable_params": report.trainable_params, "trainable": report.trainable,
                    "quantized": report.quantized, "lora_modules": len(report.lora_modules),
                    "output": str(output.relative_to(run_dir)), "log": log}
+
+
+def evaluate_shifted(evaluator, model, data: dict, who: str) -> dict | None:
+    """Metrics on the out-of-domain split (`data.num_shifted`), or None when the run has none."""
+    if "shifted" not in data:
+        return None
+    return evaluator.evaluate(model, data["shifted"], desc=f"{who}, shifted split").metrics
 
 
 @contextmanager
@@ -205,9 +230,13 @@ def validation_rows(history: list[dict]) -> list[dict]:
             for entry in history if any(key.startswith("eval_") for key in entry)]
 
 
-def read_eval(path: Path) -> EvalResult | None:
+def read_base_eval(path: Path) -> tuple[EvalResult | None, dict | None]:
+    """base_eval.json: the base model's test evaluation and its shifted-split metrics (or None)."""
     data = read_json(path, None)
-    return EvalResult(**data) if data is not None else None
+    if data is None:
+        return None, None
+    shifted = data.pop("shifted", None)
+    return EvalResult(**data), shifted
 
 
 def load_for_stage(path, recipe: RecipeConfig, stage: StageConfig, objective, device):

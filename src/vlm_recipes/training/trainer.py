@@ -2,6 +2,9 @@
 
 Trainer does the loop, accumulation, mixed precision, checkpointing and logging; an
 objective only supplies the collator and, where it is not next-token cross-entropy, the loss.
+An objective whose library ships a Trainer subclass (GRPO: TRL's GRPOTrainer) names it, and
+`trainer_class_for` mixes the run's hooks (task-metric validation, objective steps) into it, so
+every stage checkpoints, resumes, validates and stops on a signal the same way.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ class Validation:
     metric: str
 
 
-class RecipeTrainer(Trainer):
+class RecipeHooks:
+    """What the run adds to a Trainer class: the objective's step and loss, and validation by the
+    task metric. Mixed in before transformers' Trainer or an objective's own subclass of it."""
+
     def __init__(self, *args, objective, validation: Validation | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.objective, self.validation = objective, validation
@@ -69,12 +75,23 @@ class RecipeTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
 
-class DivergenceGuard(TrainerCallback):
-    """Raises on a non-finite (or exactly zero after step 1) logged training loss, and on a loss above
-    `factor` x the first logged one (0: no such check)."""
+class RecipeTrainer(RecipeHooks, Trainer):
+    """The shared trainer of every objective that brings no Trainer of its own."""
 
-    def __init__(self, factor: float = 0.0):
-        self.factor, self.first = factor, None
+
+def trainer_class_for(objective) -> type:
+    """RecipeTrainer, or the objective's own Trainer subclass with the run's hooks mixed in."""
+    base = objective.trainer_class
+    return RecipeTrainer if base is None else type(f"Recipe{base.__name__}", (RecipeHooks, base), {})
+
+
+class DivergenceGuard(TrainerCallback):
+    """Raises on a non-finite logged training loss; for a positive loss (`positive`: cross-entropy,
+    not a policy gradient) also on one exactly zero after step 1, and on one above `factor` x the
+    first logged one (0: no such check)."""
+
+    def __init__(self, factor: float = 0.0, positive: bool = True):
+        self.factor, self.positive, self.first = factor, positive, None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss, step = (logs or {}).get("loss"), state.global_step
@@ -83,6 +100,8 @@ class DivergenceGuard(TrainerCallback):
         if not math.isfinite(loss):
             raise TrainingDiverged(f"training loss became {loss} at step {step}: lower "
                                    "train.learning_rate, or use dtype float32/bfloat16 instead of float16", step)
+        if not self.positive:
+            return
         if loss == 0.0 and step > 1:
             raise TrainingDiverged(f"training loss is exactly 0 at step {step}: no token "
                                    "carries loss (check the label mask) or the model collapsed", step)
@@ -129,8 +148,9 @@ def validation_arguments(train: TrainConfig, metric: str) -> dict:
 
 def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bool, use_cpu: bool,
                        report_to: list[str], find_unused: bool | None = None,
-                       metric: str | None = None) -> TrainingArguments:
-    """The stage's TrainingArguments (its `extra` keys were checked against them at load time)."""
+                       metric: str | None = None, objective=None) -> TrainingArguments:
+    """The stage's TrainingArguments, or the objective's subclass of them with its own settings
+    (the `extra` keys were checked against TrainingArguments at load time)."""
     settings = dict(
         output_dir=str(output_dir),
         learning_rate=train.learning_rate,
@@ -158,8 +178,10 @@ def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bo
     )
     if metric is not None:
         settings.update(validation_arguments(train, metric))
+    if objective is not None:
+        settings.update(objective.trainer_arguments())
     settings.update(train.extra)  # explicit extras win over the defaults above
-    return TrainingArguments(**settings)
+    return (getattr(objective, "arguments_class", None) or TrainingArguments)(**settings)
 
 
 def train_stage(model, stage: StageConfig, objective, train_data: list, output_dir: Path,
@@ -170,17 +192,17 @@ def train_stage(model, stage: StageConfig, objective, train_data: list, output_d
     checkpoint); returns the trainer's log history. `resume`: continue from the latest checkpoint in
     `output_dir` (weights, optimizer, scheduler, RNG, data order), if there is one. Raises
     `Interrupted` after saving a checkpoint when a signal stopped it."""
-    train = dataclasses.replace(stage.train, logging_steps=min(stage.train.logging_steps,
-                                                               max(1, total_steps(stage.train, len(train_data)) // LOSS_POINTS)))
+    steps = total_steps(stage.train, len(train_data), objective.samples_per_step(stage.train))
+    train = dataclasses.replace(stage.train, logging_steps=min(stage.train.logging_steps, max(1, steps // LOSS_POINTS)))
     args = training_arguments(train, output_dir, seed, bf16, use_cpu, report_to,
                               find_unused_parameters(model, objective, train_data),
-                              validation.metric if validation else None)
+                              validation.metric if validation else None, objective)
     if stage.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # frozen embeddings + checkpointing need grads on inputs
-    trainer = RecipeTrainer(model=model, args=args, train_dataset=train_data, data_collator=objective.collate,
-                            eval_dataset=validation.samples if validation else None, objective=objective,
-                            validation=validation, callbacks=stage_callbacks(stage, validation),
-                            compute_loss_func=objective.compute_loss_func)
+    trainer = trainer_class_for(objective)(
+        model=model, args=args, objective=objective, validation=validation,
+        callbacks=stage_callbacks(stage, validation, objective.loss_is_positive),
+        **objective.trainer_inputs(train_data, validation.samples if validation else []))
     checkpoint = latest_checkpoint(output_dir) if resume else None
     with training_phase():
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -189,11 +211,13 @@ def train_stage(model, stage: StageConfig, objective, train_data: list, output_d
     return trainer.state.log_history
 
 
-def total_steps(train: TrainConfig, num_samples: int) -> int:
-    """Optimizer steps of a stage (one process), as the Trainer counts them."""
+def total_steps(train: TrainConfig, num_samples: int, batch_size: int | None = None) -> int:
+    """Optimizer steps of a stage (one process), as the Trainer counts them; `batch_size`: samples per
+    micro-batch (default: train.per_device_train_batch_size)."""
     if train.max_steps > 0:
         return train.max_steps
-    per_epoch = max(1, math.ceil(num_samples / train.per_device_train_batch_size) // train.gradient_accumulation_steps)
+    batch_size = batch_size or train.per_device_train_batch_size
+    per_epoch = max(1, math.ceil(num_samples / batch_size) // train.gradient_accumulation_steps)
     return math.ceil(per_epoch * train.num_train_epochs)
 
 
@@ -205,8 +229,8 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return Path(found) if found else None
 
 
-def stage_callbacks(stage: StageConfig, validation: Validation | None) -> list[TrainerCallback]:
-    callbacks = [DivergenceGuard(stage.train.divergence_factor), StopOnSignal(stage.name)]
+def stage_callbacks(stage: StageConfig, validation: Validation | None, positive_loss: bool = True) -> list[TrainerCallback]:
+    callbacks = [DivergenceGuard(stage.train.divergence_factor, positive_loss), StopOnSignal(stage.name)]
     if validation:
         callbacks.append(EvaluateAtStageEnd())
     if validation and stage.train.early_stopping_patience:

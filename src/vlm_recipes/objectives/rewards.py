@@ -1,0 +1,43 @@
+"""GRPO's rewards for a grounding answer: named pure functions of one parsed answer and its sample.
+
+An answer is read exactly as evaluation reads it: `answer_boxes` parses it with `boxes.parse_answer`
+in the family's convention and the processor's resize, and IoU is `evaluation.detection.box_iou`.
+So the reward the policy climbs is the metric the report shows (VLM-R1's accuracy reward), and a
+change to the parser changes both together.
+
+- `iou_reward`: IoU of the first parsed box with the true box; 0 for an answer without a box.
+- `format_reward`: 1 when the answer parses into exactly one box labelled as asked, else 0
+  (VLM-R1's format reward checks the answer's shape the same way).
+- `length_penalty`: minus the tokens beyond the true answer's own length, as a fraction of the
+  longest allowed answer; 0 for an answer no longer than the reference.
+
+The recipe's weights (`objective.options.*_weight`) combine them; TRL's GRPOTrainer sums them.
+"""
+
+from __future__ import annotations
+
+from ..boxes import Box, parse_answer
+from ..data.chat import resized_image_size
+from ..evaluation.detection import box_iou
+
+
+def answer_boxes(text: str, width: int, height: int, family, processor) -> list[tuple[str, Box]]:
+    """(label, canonical box) for every box the answer holds, as evaluation parses it."""
+    resized = resized_image_size(processor, family, width, height)
+    return parse_answer(text, width, height, family, resized)
+
+
+def iou_reward(boxes: list[tuple[str, Box]], target: Box) -> float:
+    return box_iou(boxes[0][1], target) if boxes else 0.0
+
+
+def format_reward(boxes: list[tuple[str, Box]], label: str) -> float:
+    return float(len(boxes) == 1 and boxes[0][0].strip().lower() == label.strip().lower())
+
+
+def length_penalty(num_tokens: int, reference_tokens: int, max_tokens: int) -> float:
+    return -max(0, num_tokens - reference_tokens) / max_tokens
+
+
+def box_area(box: Box) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])

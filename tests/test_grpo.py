@@ -1,0 +1,178 @@
+"""r5-sft-grpo: the GRPO rewards on hand-written answers, the reward-hacking signals, the recipe's
+validation, stage objectives, the shifted split, and a short GRPO run whose mean reward rises."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from vlm_recipes.config import ModelConfig, load_recipe
+from vlm_recipes.data.synthetic import MAX_SIDE, SHIFTED_SIDES, make_nutrition_dataset, render_nutrition_example
+from vlm_recipes.errors import InputError
+from vlm_recipes.families import get_family
+from vlm_recipes.models.loading import open_base
+from vlm_recipes.objectives import rewards
+from vlm_recipes.objectives.grpo import watch
+
+MIN_REWARD_RISE = 0.03
+"""Mean reward, last 6 steps minus first 6, of the short run below: measured 0.783 -> 0.893 (+0.11)
+on 2 CPU cores, 2026-12-04; the bound leaves room for other machines' sampling paths."""
+W, H = 200, 100
+TARGET = (20.0, 10.0, 120.0, 60.0)  # qwen3_vl (0-1000 of the image): [100, 100, 600, 600]
+LABEL = "nutrition table"
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return open_base(ModelConfig()).processor
+
+
+def _score(text: str, processor, family: str = "qwen3_vl") -> tuple[float, float]:
+    boxes = rewards.answer_boxes(text, W, H, get_family(family), processor)
+    return rewards.iou_reward(boxes, TARGET), rewards.format_reward(boxes, LABEL)
+
+
+@pytest.mark.parametrize("text, iou, fmt", [
+    ('[{"bbox_2d": [100, 100, 600, 600], "label": "nutrition table"}]', 1.0, 1.0),
+    ('[{"bbox_2d": [100, 100, 600, 600], "label": "Nutrition Table "}]', 1.0, 1.0),  # case and spaces
+    ('[{"bbox_2d": [100, 100, 350, 600], "label": "nutrition table"}]', 0.5, 1.0),  # half the width
+    ('[{"bbox_2d": [100, 100, 600, 600], "label": "barcode"}]', 1.0, 0.0),  # wrong label
+    ('[{"bbox_2d": [100, 100, 600, 600], "label": "nutrition table"}, '
+     '{"bbox_2d": [0, 0, 50, 50], "label": "nutrition table"}]', 1.0, 0.0),  # two boxes: first scored
+    ('[{"bbox_2d": [0, 0, 50, 50], "label": "nutrition table"}, '
+     '{"bbox_2d": [100, 100, 600, 600], "label": "nutrition table"}]', 0.0, 0.0),  # the right box second
+    # a huge box is clamped to the image: IoU = target area / image area = 5000 / 20000
+    ('[{"bbox_2d": [-5000, -5000, 99999, 99999], "label": "nutrition table"}]', 0.25, 1.0),
+    ('[{"bbox_2d": [100, 100, 600', 0.0, 0.0),  # cut off
+    ('the table is at the top left', 0.0, 0.0),
+    ("", 0.0, 0.0),
+])
+def test_rewards_on_hand_written_answers(text, iou, fmt, processor):
+    assert _score(text, processor) == (pytest.approx(iou), fmt)
+
+
+def test_rewards_read_qwen2_vl_special_token_boxes(processor):
+    exact = "<|object_ref_start|>nutrition table<|object_ref_end|><|box_start|>(100,100),(600,600)<|box_end|>"
+    assert _score(exact, processor, "qwen2_vl") == (pytest.approx(1.0), 1.0)
+    no_label = "<|box_start|>(100,100),(600,600)<|box_end|>"
+    assert _score(no_label, processor, "qwen2_vl") == (pytest.approx(1.0), 0.0)
+
+
+def test_length_penalty():
+    assert rewards.length_penalty(30, reference_tokens=40, max_tokens=64) == 0.0
+    assert rewards.length_penalty(40, reference_tokens=40, max_tokens=64) == 0.0
+    assert rewards.length_penalty(56, reference_tokens=40, max_tokens=64) == -0.25
+
+
+def test_watch_signals_parse_rate_and_area_ratio():
+    boxes = [[("t", (0.0, 0.0, 20.0, 10.0))], [], [("t", (0.0, 0.0, 10.0, 10.0)), ("t", (0, 0, 1, 1))]]
+    targets = [[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]]
+    signals = watch(boxes, targets)
+    assert signals["watch/parsed"] == pytest.approx(2 / 3)
+    assert signals["watch/boxes_per_answer"] == pytest.approx(1.0)
+    assert signals["watch/area_ratio"] == pytest.approx((2.0 + 1.0) / 2)
+
+
+def test_recipe_loads_with_a_grpo_stage():
+    recipe = load_recipe("r5-sft-grpo")
+    assert [recipe.objective_for(s).name for s in recipe.stages] == ["sft", "grpo"]
+    assert recipe.data.num_shifted > 0
+    # objective.* is the recipe's: it is not copied into the stages
+    recipe = load_recipe("r5-sft-grpo", ["objective.options.max_length=999"])
+    assert recipe.objective.options.max_length == 999 and recipe.stages[0].objective is None
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("stages.1.objective.options.num_generations=1", "num_generations=1"),
+    ("stages.1.objective.options.beta=-0.1", "beta=-0.1"),
+    ("stages.1.objective.options.loss_type=ppo", "loss_type='ppo'"),
+    ("stages.1.objective.options.epsilon=0", "epsilon=0"),
+    ("stages.1.objective.options.iou_weight=-1", "iou_weight"),
+    ("stages.0.objective.name=mrl", "cannot follow"),
+])
+def test_grpo_options_are_validated(override, needle):
+    with pytest.raises(InputError, match=None) as err:
+        load_recipe("r5-sft-grpo", [override])
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_shifted_split_is_another_style_and_disjoint():
+    image, box = render_nutrition_example(random.Random("s"), shifted=True)
+    assert all(SHIFTED_SIDES[0] <= side <= SHIFTED_SIDES[1] for side in image.size)
+    assert SHIFTED_SIDES[1] > MAX_SIDE
+    dd = make_nutrition_dataset(n_train=2, n_test=2, n_shifted=3, seed=0)
+    assert set(dd) == {"train", "test", "shifted"} and len(dd["shifted"]) == 3
+    assert not set(dd["shifted"]["image_id"]) & set(dd["test"]["image_id"])
+    # row i of the in-domain splits does not depend on whether a shifted split is made
+    assert make_nutrition_dataset(2, 2, 0)["test"][1]["objects"] == dd["test"][1]["objects"]
+
+
+def test_shifted_split_needs_detection_data_and_a_split(tmp_path):
+    from vlm_recipes.data.sources import load_splits
+
+    mrl = load_recipe("mrl", ["data.num_shifted=4"])
+    with pytest.raises(InputError, match="data.num_shifted=4"):
+        load_splits(mrl.data, "retrieval", 0)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    row = {"image": str(tmp_path / "a.png"), "width": 8, "height": 8, "objects": {"bbox": [[0, 0, 0.5, 0.5]]}}
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.jsonl").write_text(json.dumps(row) + "\n")
+    recipe = load_recipe("r4-joint", [f"data.dataset={tmp_path}", "data.num_shifted=2"])
+    with pytest.raises(InputError, match="no split 'shifted'"):
+        load_splits(recipe.data, "detection", 0)
+
+
+@pytest.mark.slow  # ~1 min: the shipped base, 4 training images, 24 GRPO steps
+def test_short_grpo_run_raises_the_mean_reward(tmp_path):
+    """GRPO through the shared run: on 4 training images seen every step, the mean reward of the last
+    steps beats that of the first ones (the policy learns where those tables are), the
+    reward-hacking signals are logged, rewards.png is drawn and metrics.json has by_stage/shifted."""
+    from vlm_recipes.cli.train import main
+
+    run = tmp_path / "grpo"
+    code = main(["--recipe", "r5-sft-grpo", "--output-dir", str(run), "--no-wandb",
+                 "--set", "data.num_train=4", "--set", "data.num_test=8", "--set", "data.num_shifted=4",
+                 "--set", "data.num_val=0", "--set", "stages.0.train.max_steps=1",
+                 "--set", "stages.1.train.max_steps=24", "--set", "stages.1.train.learning_rate=1e-3",
+                 "--set", "stages.1.train.logging_steps=1"])
+    assert code == 0
+    log = [e for e in json.loads((run / "train_log.json").read_text()) if e["stage"] == "grpo" and "reward" in e]
+    assert len(log) == 24
+    first, last = [sum(e["reward"] for e in part) / len(part) for part in (log[:6], log[-6:])]
+    assert last > first + MIN_REWARD_RISE, (first, last)
+    assert all(0 <= e["watch/parsed"] <= 1 and e["watch/area_ratio"] >= 0 for e in log)
+    assert (run / "rewards.png").stat().st_size > 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert list(metrics["by_stage"]) == ["sft", "grpo"] and metrics["by_stage"]["grpo"] == metrics["finetuned"]
+    assert set(metrics["shifted"]) == {"base", "sft", "grpo"} and metrics["shifted"]["base"]["n"] == 4
+    assert [s["objective"] for s in metrics["stages"]] == ["sft", "grpo"]
+
+
+def _detection(mean_iou: float, n: int = 10) -> dict:
+    return {"mean_iou": mean_iou, "median_iou": mean_iou, "detection_rate": 1.0, "iou_gt_0.5": 0.5,
+            "iou_gt_0.7": 0.2, "ap": 0.1, "ap50": 0.3, "n": n}
+
+
+def test_report_and_leaderboard_show_stages_and_the_shifted_split(tmp_path):
+    from vlm_recipes.evaluation.answers import detection_summary
+    from vlm_recipes.evaluation.leaderboard import Run, build_leaderboard, to_markdown
+
+    metrics = {"recipe": "r5-sft-grpo", "base_model": "tiny", "family": "qwen3_vl",
+               "base": _detection(0.35), "finetuned": _detection(0.65),
+               "by_stage": {"sft": _detection(0.61), "grpo": _detection(0.65)},
+               "shifted": {"base": _detection(0.2, 4), "sft": _detection(0.3, 4), "grpo": _detection(0.33, 4)},
+               "stages": [{"name": "sft", "train_seconds": 1.0, "trainable_params": 5},
+                          {"name": "grpo", "train_seconds": 2.0, "trainable_params": 5}],
+               "train_seconds": 3.0, "trainable_params": 5}
+    text = detection_summary(metrics)
+    assert "| after sft | 0.610 |" in text and "| r5-sft-grpo (grpo) | 0.650 |" in text
+    assert "## Out-of-domain split (4 images" in text and "| after sft | 0.300 |" in text
+    assert "| r5-sft-grpo (grpo) | 0.330 |" in text and "| base | 0.200 |" in text
+    board = to_markdown(build_leaderboard([Run(tmp_path / "r5", "complete", metrics)]))
+    assert "shifted mean IoU" in board and "0.330" in board and "0.200" in board
+    plain = {**metrics, "shifted": None}
+    assert "shifted mean IoU" not in to_markdown(build_leaderboard([Run(tmp_path / "r4", "complete", plain)]))
