@@ -15,3 +15,22 @@ def random_tiny_dirs(tmp_path_factory):
         save_checkpoint(model, processor, path)
         dirs[name] = path
     return dirs
+
+
+@pytest.fixture(scope="session")
+def short_r4_run(tmp_path_factory):
+    """One short r4-joint run through the real CLI, finished once and read by every test that needs a
+    run directory (test_use_model: predict/evaluate/export reproduce it; test_validation: its
+    validation history, best step and curve), instead of each file training its own.
+
+    6 steps of batch 4 on 16 generated rows, one of which is carved for validation (a tenth) and
+    validated every 3 steps (steps 3 and 6); 6 test rows. Validation runs in eval mode with greedy
+    generation and draws no random numbers, so the weights and predictions are those of the same run
+    validated only at its end."""
+    from vlm_recipes.cli.train import main as train
+
+    run_dir = tmp_path_factory.mktemp("use") / "run"
+    assert train(["--recipe", "r4-joint", "--max-steps", "6", "--set", "data.num_train=16", "--set", "data.num_test=6",
+                  "--set", "train.per_device_train_batch_size=4", "--set", "train.eval_steps=3", "--no-wandb",
+                  "--output-dir", str(run_dir)]) == 0
+    return run_dir

@@ -475,16 +475,18 @@ def test_mrl_recipe_learns_retrieval(tmp_path):
 
     assert (tiny_base_path(get_family("qwen3_vl")) / "config.json").is_file(), "shipped tiny base missing"
     run_dir = tmp_path / "mrl"
-    code = main(["--recipe", "mrl", "--output-dir", str(run_dir), "--no-wandb", "--max-steps", "250",
+    code = main(["--recipe", "mrl", "--output-dir", str(run_dir), "--no-wandb", "--max-steps", "100",
                  "--set", "data.num_test=200"])
     assert code == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["dims"] == [16, 32, 64, 128]
     base, tuned = metrics["base"]["t2i"]["128"], metrics["finetuned"]["t2i"]["128"]
     print("t2i @128 base", base, "fine-tuned", tuned)
-    # measured with these 250 steps on the shipped base (200-image gallery): recall@1 0.005 ->
-    # 0.540, recall@10 0.050 -> 1.000 (the previous base: 0.230 / 0.950; the full recipe, 750
-    # steps on 500 images: 0.004 -> 0.590; DECISIONS D14, D16)
+    # measured 2026-12-03 with these 100 steps on the shipped base (200-image gallery, 2 cores):
+    # recall@1 0.005 -> 0.300, recall@10 0.050 -> 0.910, loss 15.14 -> 5.28 (x0.35); 250 steps
+    # reached 0.540 / 1.000 (the full recipe, 750 steps on 500 images: 0.004 -> 0.590; DECISIONS
+    # D14, D16). The bounds sit well below: recall@1 >= 0.155 (29 of 200 queries under the
+    # measured 60), recall@10 >= 0.55, loss x0.8.
     assert tuned["recall@1"] >= max(3 * base["recall@1"], base["recall@1"] + 0.15)
     assert tuned["recall@10"] >= base["recall@10"] + 0.5
     losses = [e["loss"] for e in json.loads((run_dir / "train_log.json").read_text()) if "loss" in e]

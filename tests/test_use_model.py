@@ -17,7 +17,6 @@ from vlm_recipes import api
 from vlm_recipes.cli import evaluate as evaluate_cli
 from vlm_recipes.cli import export as export_cli
 from vlm_recipes.cli import predict as predict_cli
-from vlm_recipes.cli.train import main as train
 from vlm_recipes.config import RecipeConfig, from_dict
 from vlm_recipes.evaluation.detection import box_iou
 from vlm_recipes.families import get_family
@@ -26,11 +25,9 @@ from vlm_recipes.objectives import build_objective
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("use") / "run"
-    assert train(["--recipe", "r4-joint", "--max-steps", "6", "--set", "data.num_train=16", "--set", "data.num_test=6",
-                  "--set", "train.per_device_train_batch_size=4", "--no-wandb", "--output-dir", str(run_dir)]) == 0
-    return run_dir
+def run(short_r4_run):
+    """The session's short r4-joint run (tests/conftest.py), shared with test_validation."""
+    return short_r4_run
 
 
 @pytest.fixture(scope="module")

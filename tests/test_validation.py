@@ -139,17 +139,16 @@ def test_evaluates_at_stage_end(tmp_path):
 
 # --- one tiny run through the CLI -----------------------------------------------------------------
 
-def test_run_writes_history_best_and_curve(tmp_path):
-    run_dir = tmp_path / "run"
-    code = main(["--recipe", "r2-vision-only", "--output-dir", str(run_dir), "--no-wandb", "--max-steps", "2",
-                 "--set", "data.num_train=20", "--set", "data.num_test=2", "--set", "train.eval_steps=1",
-                 "--set", "eval.max_new_tokens=8", "--set", "train.per_device_train_batch_size=2"])
-    assert code == 0
+def test_run_writes_history_best_and_curve(short_r4_run):
+    """The session's short r4-joint run (tests/conftest.py): 6 steps, validated every 3 on its one
+    carved row."""
+    run_dir = short_r4_run
     history = json.loads((run_dir / "eval_history.json").read_text())
-    assert [(r["stage"], r["step"]) for r in history] == [("vision-full", 1), ("vision-full", 2)]
-    assert history[0]["metrics"]["n"] == 2  # a tenth of the 20 training rows
+    assert [(r["stage"], r["step"]) for r in history] == [("joint-lora", 3), ("joint-lora", 6)]
+    assert history[0]["metrics"]["n"] == 1  # a tenth of the 16 training rows
     best = json.loads((run_dir / "metrics.json").read_text())["best"]
-    assert best["stage"] == "vision-full" and best["metric"] == "mean_iou" and best["step"] in (1, 2)
+    assert best["stage"] == "joint-lora" and best["metric"] == "mean_iou" and best["step"] in (3, 6)
+    assert best["value"] == max(r["metrics"]["mean_iou"] for r in history)
     assert (run_dir / "val_curve.png").is_file()
-    events = list((run_dir / "trainer" / "vision-full" / "runs").rglob("events.out.tfevents.*"))
+    events = list((run_dir / "trainer" / "joint-lora" / "runs").rglob("events.out.tfevents.*"))
     assert events and b"eval/mean_iou" in b"".join(e.read_bytes() for e in events)  # TensorBoard got it
