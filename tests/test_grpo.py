@@ -11,6 +11,7 @@ import pytest
 from vlm_recipes.config import ModelConfig, load_recipe
 from vlm_recipes.data.synthetic import MAX_SIDE, SHIFTED_SIDES, make_nutrition_dataset, render_nutrition_example
 from vlm_recipes.errors import InputError
+from vlm_recipes.evaluation.generation import answer_boxes
 from vlm_recipes.families import get_family
 from vlm_recipes.models.loading import open_base
 from vlm_recipes.objectives import rewards
@@ -30,7 +31,7 @@ def processor():
 
 
 def _score(text: str, processor, family: str = "qwen3_vl") -> tuple[float, float]:
-    boxes = rewards.answer_boxes(text, W, H, get_family(family), processor)
+    boxes = answer_boxes(text, W, H, get_family(family), processor)
     return rewards.iou_reward(boxes, TARGET), rewards.format_reward(boxes, LABEL)
 
 

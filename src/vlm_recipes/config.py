@@ -506,7 +506,7 @@ class RecipeConfig:
         if len(set(names)) != len(names):
             raise InputError(f"recipe {self.name!r}: stage names must be unique (they name output directories): {names}")
         for index, stage in enumerate(self.stages):
-            own = stage.objective.name if stage.objective else self.objective.name
+            own = self.objective_for(stage).name
             if own != self.objective.name and own not in SHARED_DATA.get(self.objective.name, ()):
                 raise InputError(f"stages.{index}.objective.name={own!r} cannot follow the recipe's objective "
                                  f"{self.objective.name!r}: a stage may only switch between objectives that share "

@@ -98,28 +98,26 @@ def detection_table(rows: list[tuple[str, dict]]) -> str:
 def detection_summary(metrics: dict) -> str:
     """Base against fine-tuned; a multi-stage run shows each stage's output, and a run with an
     out-of-domain split (data.num_shifted) shows it in a second table."""
-    table = detection_table(stage_rows(metrics, metrics["by_stage"] if "by_stage" in metrics else {}, "finetuned"))
+    by_stage = metrics.get("by_stage") or {"": metrics["finetuned"]}
+    table = detection_table(stage_rows(metrics["recipe"], metrics["base"], by_stage))
     gain = metrics["finetuned"]["mean_iou"] - metrics["base"]["mean_iou"]
     text = (f"# {metrics['recipe']}: base vs fine-tuned\n\n{table}\n\n"
             f"Mean IoU gain: {gain:+.3f} on {metrics['finetuned']['n']} test images. "
             f"Base model: `{metrics['base_model']}` ({metrics['family']}). Stages: {stages_line(metrics)}.")
     shifted = metrics.get("shifted")
     if shifted:
-        rows = stage_rows({**metrics, "base": shifted["base"]}, {k: v for k, v in shifted.items() if k != "base"}, None)
+        rows = stage_rows(metrics["recipe"], shifted["base"], {k: v for k, v in shifted.items() if k != "base"})
         text += (f"\n\n## Out-of-domain split ({shifted['base']['n']} images of the shifted style, never trained on)"
                  f"\n\n{detection_table(rows)}")
     return text
 
 
-def stage_rows(metrics: dict, by_stage: dict, final_key: str | None) -> list[tuple[str, dict]]:
-    """Table rows: base, then each stage's output when there are several (the last named after the
-    recipe), else the recipe's final model."""
-    rows = [("base", metrics["base"])]
-    if len(by_stage) > 1:
-        names = list(by_stage)
-        return rows + [(f"{metrics['recipe']} ({name})" if name == names[-1] else f"after {name}", by_stage[name])
-                       for name in names]
-    return rows + [(metrics["recipe"], metrics[final_key] if final_key else next(iter(by_stage.values())))]
+def stage_rows(recipe: str, base: dict, by_stage: dict) -> list[tuple[str, dict]]:
+    """Table rows: base, then each stage's output (stage name -> metrics, in order), the last named
+    after the recipe; one stage is the recipe's row alone."""
+    names = list(by_stage)
+    return [("base", base)] + [(recipe if len(names) == 1 else f"{recipe} ({name})" if name == names[-1]
+                                else f"after {name}", by_stage[name]) for name in names]
 
 
 def text_summary(metrics: dict) -> str:

@@ -65,10 +65,17 @@ def generate_answers(model, processor, images: list, prompt: str, batch_size: in
     return texts, scores
 
 
+def answer_boxes(text: str, width: int, height: int, family, processor) -> list:
+    """(label, canonical box) for every box an answer holds, in pixels of a width x height image,
+    read in the family's convention at the processor's resize. Evaluation (`first_box`) and GRPO's
+    rewards both read answers through it."""
+    resized = resized_image_size(processor, family, width, height)
+    return parse_answer(text, width, height, family, resized)
+
+
 def first_box(text: str, width: int, height: int, family, processor):
     """The first box an answer holds, in pixels of a width x height image, or None."""
-    resized = resized_image_size(processor, family, width, height)
-    found = parse_answer(text, width, height, family, resized)
+    found = answer_boxes(text, width, height, family, processor)
     return found[0][1] if found else None
 
 

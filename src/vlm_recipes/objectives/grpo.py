@@ -21,7 +21,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from ..data.chat import user_messages
-from ..evaluation.generation import answer_texts
+from ..evaluation.generation import answer_boxes, answer_texts
 from . import rewards
 from .grounding import answer_for
 from .sft import SFT
@@ -59,10 +59,9 @@ class GRPO(SFT):
                     generation_kwargs={"suppress_tokens": self.vision_token_ids()})
 
     def vision_token_ids(self) -> list[int]:
-        """Tokens that mark image or video positions. A sampled answer must never hold one: the model
-        would read it as an image slot when the answer is scored, and the rotary index (computed
-        from the image slots) no longer matches the sequence. Greedy evaluation of a trained model
-        never picks them; sampling at temperature 1 from a small vocabulary does."""
+        """Tokens that mark image or video positions, kept out of sampled answers (TRL suppresses only
+        the image-pad token). A precaution: an answer is text, and no run so far has been seen to
+        sample one of these; the crash first blamed on them was the padding one (`left_padding`)."""
         tokenizer = self.processor.tokenizer
         ids = [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]
         return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
@@ -102,7 +101,7 @@ class GRPO(SFT):
 
         def parsed(completion_ids, width, height):
             texts = answer_texts(processor.tokenizer, completion_ids)
-            return [rewards.answer_boxes(t, w, h, family, processor) for t, w, h in zip(texts, width, height)]
+            return [answer_boxes(t, w, h, family, processor) for t, w, h in zip(texts, width, height)]
 
         def iou_reward(completion_ids, box, width, height, log_metric=None, **_):
             answers = parsed(completion_ids, width, height)

@@ -1,7 +1,7 @@
 """GRPO's rewards for a grounding answer: named pure functions of one parsed answer and its sample.
 
-An answer is read exactly as evaluation reads it: `answer_boxes` parses it with `boxes.parse_answer`
-in the family's convention and the processor's resize, and IoU is `evaluation.detection.box_iou`.
+An answer is read exactly as evaluation reads it: `evaluation.generation.answer_boxes` parses it in
+the family's convention at the processor's resize, and IoU is `evaluation.detection.box_iou`.
 So the reward the policy climbs is the metric the report shows (VLM-R1's accuracy reward), and a
 change to the parser changes both together.
 
@@ -16,15 +16,8 @@ The recipe's weights (`objective.options.*_weight`) combine them; TRL's GRPOTrai
 
 from __future__ import annotations
 
-from ..boxes import Box, parse_answer
-from ..data.chat import resized_image_size
+from ..boxes import Box
 from ..evaluation.detection import box_iou
-
-
-def answer_boxes(text: str, width: int, height: int, family, processor) -> list[tuple[str, Box]]:
-    """(label, canonical box) for every box the answer holds, as evaluation parses it."""
-    resized = resized_image_size(processor, family, width, height)
-    return parse_answer(text, width, height, family, resized)
 
 
 def iou_reward(boxes: list[tuple[str, Box]], target: Box) -> float:

@@ -99,8 +99,7 @@ def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_t
     if base_eval is None:
         model = load_for_stage(base.path, recipe, recipe.stages[0], objective, device)
         with phase("base evaluation"):
-            base_eval = evaluator.evaluate(model, data["test"], desc="base model")
-            base_shifted = evaluate_shifted(evaluator, model, data, "base model")
+            base_eval, base_shifted = evaluate_test_splits(evaluator, model, data, "base model")
         write_json(run_dir / BASE_EVAL_FILE, {**dataclasses.asdict(base_eval), "shifted": base_shifted})
     finished = read_json(run_dir / PROGRESS_FILE, []) if resume else []
     stages_info, source = [], base.path
@@ -121,8 +120,8 @@ def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_t
                                        output, device, report_to, resume, merge=not last)
         if not last:  # each stage's output on the test split: one evaluation each (the last one's is below)
             with phase(f"evaluation of stage {stage.name}"):
-                info["test"] = evaluator.evaluate(model, data["test"], desc=f"stage {stage.name}").metrics
-                info["shifted"] = evaluate_shifted(evaluator, model, data, f"stage {stage.name}")
+                result, info["shifted"] = evaluate_test_splits(evaluator, model, data, f"stage {stage.name}")
+                info["test"] = result.metrics
         stages_info.append(info)
         write_json(run_dir / PROGRESS_FILE, stages_info)
         source = output
@@ -130,9 +129,8 @@ def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_t
     history = [dict(entry, stage=info["name"]) for info in stages_info for entry in info["log"]]
 
     with phase("final evaluation"):
-        final_eval = evaluator.evaluate(model, data["test"], desc="fine-tuned model")
-        stages_info[-1].update(test=final_eval.metrics,
-                               shifted=evaluate_shifted(evaluator, model, data, "fine-tuned model"))
+        final_eval, final_shifted = evaluate_test_splits(evaluator, model, data, "fine-tuned model")
+        stages_info[-1].update(test=final_eval.metrics, shifted=final_shifted)
     by_stage = {info["name"]: info["test"] for info in stages_info}
     shifted = {"base": base_shifted, **{info["name"]: info["shifted"] for info in stages_info}}
     stages_info = [{k: v for k, v in info.items() if k not in ("log", "test", "shifted")} for info in stages_info]
@@ -174,11 +172,13 @@ def _train_one_stage(model, recipe, stage, objective, evaluator, data, base, run
                    "output": str(output.relative_to(run_dir)), "log": log}
 
 
-def evaluate_shifted(evaluator, model, data: dict, who: str) -> dict | None:
-    """Metrics on the out-of-domain split (`data.num_shifted`), or None when the run has none."""
+def evaluate_test_splits(evaluator, model, data: dict, who: str) -> tuple[EvalResult, dict | None]:
+    """`model` on the test split, and its metrics on the out-of-domain split (`data.num_shifted`;
+    None when the run has none)."""
+    result = evaluator.evaluate(model, data["test"], desc=who)
     if "shifted" not in data:
-        return None
-    return evaluator.evaluate(model, data["shifted"], desc=f"{who}, shifted split").metrics
+        return result, None
+    return result, evaluator.evaluate(model, data["shifted"], desc=f"{who}, shifted split").metrics
 
 
 @contextmanager
