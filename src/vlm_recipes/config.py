@@ -138,7 +138,8 @@ class TrainConfig:
     default adds 10.5% to a default r4-joint run's wall time (every 200 steps: 15.3%; README, D21)."""
     metric_for_best: str = ""
     """Validation metric that picks the best step, higher is better: "" = the objective's default
-    (`mean_iou`; mrl: `t2i.recall@1`, at the full dim unless one is named: `t2i.16.recall@1`)."""
+    (`mean_iou`; mrl: `t2i.recall@1`, at the full dim unless one is named: `t2i.16.recall@1`;
+    mrl on synthetic-video: `t2v.recall@1`; `order` is the video order test's fraction)."""
     load_best_at_end: bool = False
     """End the stage on its best validated checkpoint instead of its last step (a non-final stage
     passes that one on). Saves a checkpoint at every evaluation."""
@@ -217,6 +218,40 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class VideoConfig:
+    """How a video (a file or a directory of frames) becomes the frames the model sees. Saved in
+    the run's config.yaml and reused by its evaluation and by `vlm-recipes encode`, so a clip is
+    sampled and sized the same way at training, evaluation and inference (data/video.py)."""
+    num_frames: int = 0
+    """> 0: this many frames, spread evenly over the clip (Qwen's own rounding); 0: sample at `fps`."""
+    fps: float = 2.0
+    """Frames sampled per second of video when `num_frames` is 0 (Qwen-VL's default, 2)."""
+    max_frames: int = 32
+    """At most this many frames per clip (a long video at `fps` is spread over this many)."""
+    min_pixels: int = 4096
+    """Pixel budget of ONE frame (smart_resize to sides that are multiples of patch x merge size),
+    the same meaning for the three families. The tiny base: 96x96 px frames = 3x3 tokens each."""
+    max_pixels: int = 16384
+    """Real models: e.g. 200704 (256 tokens a frame for Qwen2.5-VL); tokens grow with frames x pixels."""
+    default_fps: float = 2.0
+    """The frame rate of a directory of frames (and of a file whose container states none)."""
+
+    def __post_init__(self):
+        if self.num_frames < 0 or self.max_frames < 1:
+            raise InputError(f"data.video.num_frames={self.num_frames} must be >= 0 (0: sample at data.video.fps) "
+                             f"and data.video.max_frames={self.max_frames} >= 1")
+        if self.num_frames > self.max_frames:
+            raise InputError(f"data.video.num_frames={self.num_frames} > data.video.max_frames={self.max_frames}: "
+                             "raise max_frames or sample fewer frames")
+        for key in ("fps", "default_fps"):
+            if not 0 < getattr(self, key) < math.inf:
+                raise InputError(f"data.video.{key}={getattr(self, key)}: must be a positive number of frames a second")
+        if not 1 <= self.min_pixels <= self.max_pixels:
+            raise InputError(f"data.video.min_pixels={self.min_pixels}, data.video.max_pixels={self.max_pixels}: "
+                             "need 1 <= min_pixels <= max_pixels (pixels of one frame)")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"
     """"synthetic" (generated here), a hub id such as openfoodfacts/nutrition-table-detection,
@@ -239,6 +274,8 @@ class DataConfig:
     backgrounds, table layouts, image sizes and distractors); another source: its split "shifted"."""
     prompt: str = "Locate the nutrition table in the image."
     label: str = "nutrition table"
+    video: VideoConfig = field(default_factory=VideoConfig)
+    """Frame sampling and per-frame pixel budget of video targets, queries and negatives (mrl)."""
 
     def __post_init__(self):
         if self.num_train < 1 or self.num_test < 1 or self.num_val < 0 or self.num_shifted < 0:
@@ -422,9 +459,13 @@ the same evaluator, so one run can chain them (r5-sft-grpo: SFT, then GRPO)."""
 
 DETECTION_METRICS = ("mean_iou", "median_iou", "detection_rate", "iou_gt_0.5", "iou_gt_0.7", "ap", "ap50",
                      "exact_match")
-RETRIEVAL_METRIC = re.compile(r"^(t2i|i2t)(\.\d+)?\.(recall@1|recall@5|recall@10|mrr@10|ndcg@10)$")
+RETRIEVAL_METRIC = re.compile(r"^((t2i|i2t|t2v|v2t)(\.\d+)?\.(recall@1|recall@5|recall@10|mrr@10|ndcg@10)"
+                              r"|order(\.\d+)?)$")
 DEFAULT_METRIC = {"sft": "mean_iou", "mdlm": "mean_iou", "grpo": "mean_iou", "mrl": "t2i.recall@1"}
-"""Objective name -> the validation metric `train.metric_for_best` defaults to (higher is better)."""
+"""Objective name -> the validation metric `train.metric_for_best` defaults to (higher is better);
+mrl on video (a gallery of clips is scored as t2v/v2t) defaults to "t2v.recall@1"."""
+VIDEO_DATASETS = ("synthetic-video",)
+"""Sources known to hold video targets before they are opened (the default metric names t2v)."""
 
 
 def check_metric(objective: str, metric: str, where: str) -> None:
@@ -432,7 +473,8 @@ def check_metric(objective: str, metric: str, where: str) -> None:
     data), or mrl's `t2i|i2t[.dim].recall@k|mrr@10|ndcg@10`."""
     valid = RETRIEVAL_METRIC.match(metric) if objective == "mrl" else metric in DETECTION_METRICS
     if not valid:
-        choices = ("t2i.recall@1, i2t.recall@5, t2i.16.ndcg@10, ... (t2i|i2t[.dim].recall@1|5|10, mrr@10, ndcg@10)"
+        choices = ("t2i.recall@1, i2t.recall@5, t2i.16.ndcg@10, t2v.recall@1, order, ... "
+                   "(t2i|i2t|t2v|v2t[.dim].recall@1|5|10, mrr@10, ndcg@10; order[.dim] on video)"
                    if objective == "mrl" else ", ".join(DETECTION_METRICS))
         raise InputError(f"{where}={metric!r} is not a metric of objective {objective!r}: choose one of {choices}")
 
@@ -529,7 +571,10 @@ class RecipeConfig:
 
     def metric_for_best(self, train: TrainConfig) -> str:
         """The stage's validation metric: its own `metric_for_best`, else the objective's default."""
-        return train.metric_for_best or DEFAULT_METRIC[self.objective.name]
+        if train.metric_for_best:
+            return train.metric_for_best
+        video = self.objective.name == "mrl" and self.data.dataset.split("[")[0] in VIDEO_DATASETS
+        return "t2v.recall@1" if video else DEFAULT_METRIC[self.objective.name]
 
 
 # --- loading -------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""`python scripts/encode.py --model DIR --images PATH... --out DIR [--query TEXT]`: embed and search.
+"""`python scripts/encode.py --model DIR --images PATH... --videos PATH... --out DIR [--query TEXT]`: embed and search.
 
-Writes `images.npy` (N, H) float32 L2-normalised, `images.txt` (one path per row) and, with
---texts FILE (one query a line), `texts.npy`. With --query, prints the top-k images for it at
-`--dim` (a Matryoshka prefix, re-normalised; default the full size).
+Writes `images.npy` (N, H) float32 L2-normalised, `images.txt` (one path per row), `videos.npy` and
+`videos.txt` likewise, and, with --texts FILE (one query a line), `texts.npy`. With --query, prints
+the top-k of the images and videos together at `--dim` (a Matryoshka prefix, re-normalised; default
+the full size). Videos are sampled and sized as the run's `data.video` says (its config.yaml).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "model, e.g. a run's model/ directory; optionally search them with a text query.")
     p.add_argument("--model", required=True, help="run's model/ dir (LoRA adapter or full), or a checkpoint dir")
     p.add_argument("--images", nargs="+", default=[], help="image files or directories of images")
+    p.add_argument("--videos", nargs="+", default=[], help="video files (.mp4, .webm, .avi, ...), directories of "
+                   "them, or a directory of one video's frames")
     p.add_argument("--texts", type=Path, help="a text file, one query a line, embedded to texts.npy")
     p.add_argument("--out", type=Path, help="directory for the .npy files")
-    p.add_argument("--query", help="search the images with this text and print the top k")
+    p.add_argument("--query", help="search the images and videos with this text and print the top k")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--dim", type=int, help="Matryoshka prefix used for search (default: full)")
     p.add_argument("--pooling", choices=["last", "mean"], help="default: the run's config.yaml, else last")
@@ -30,19 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_for(model_dir: Path, pooling: str | None, batch_size: int):
-    """Pooling and instructions as the run trained them (its config.yaml next to model/)."""
+    """Pooling, instructions and video sampling as the run trained them (its config.yaml next to model/)."""
     import yaml
 
-    from ..config import MRLOptions, ObjectiveConfig
+    from ..config import DataConfig, MRLOptions, ObjectiveConfig, VideoConfig, from_dict
     from ..models.embedding import EncodeSettings
 
-    options = MRLOptions()
+    options, video = MRLOptions(), VideoConfig()
     config = model_dir.parent / "config.yaml"
     if config.is_file():
-        objective = (yaml.safe_load(config.read_text()) or {}).get("objective") or {}
+        saved = yaml.safe_load(config.read_text()) or {}
+        objective = saved.get("objective") or {}
         if objective.get("name") == "mrl":
             options = ObjectiveConfig.from_raw(objective, "objective").options
-    settings = EncodeSettings.from_options(options, batch_size)
+        video = from_dict(DataConfig, saved.get("data") or {}, "data").video
+    settings = EncodeSettings.from_options(options, batch_size, video)
     if pooling:
         settings.pooling = pooling
     return settings
@@ -57,10 +62,10 @@ def check_args(args) -> None:
     for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size), ("--dim", args.dim)):
         if value is not None and value < 1:
             raise InputError(f"{flag} {value}: must be >= 1")
-    if not args.images and not args.texts:
-        raise InputError("nothing to embed: pass --images and/or --texts")
-    if args.query and not args.images:
-        raise InputError("--query searches images: pass --images too")
+    if not args.images and not args.videos and not args.texts:
+        raise InputError("nothing to embed: pass --images, --videos and/or --texts")
+    if args.query and not args.images and not args.videos:
+        raise InputError("--query searches images and videos: pass --images or --videos too")
     if not args.out and not args.query:
         raise InputError("nothing to do: pass --out DIR (writes the embeddings) and/or --query TEXT (searches them)")
     if args.texts and not args.texts.is_file():
@@ -72,35 +77,44 @@ def check_args(args) -> None:
 def run(args) -> int:
     check_args(args)  # before the heavy imports: a typo costs no torch start-up
     import numpy as np
+    import torch
 
     from ..api import check_out_dir
     from ..data.sources import image_files, open_image
+    from ..data.video import read_video, video_files
     from ..models.embedding import Embedder, truncate
 
     out = check_out_dir(args.out) if args.out else None
+    settings = settings_for(Path(args.model), args.pooling, args.batch_size)
     paths = image_files(args.images) if args.images else []
     pictures = [open_image(p) for p in paths]  # a bad image fails here, before the model loads
+    video_paths = video_files(args.videos) if args.videos else []
+    clips = [read_video(p, settings.video, "--videos") for p in video_paths]  # and a bad video
     lines = [line for line in args.texts.read_text().splitlines() if line.strip()] if args.texts else []
     try:
-        embedder = Embedder.load(args.model, settings=settings_for(Path(args.model), args.pooling, args.batch_size))
+        embedder = Embedder.load(args.model, settings=settings)
     except (OSError, ValueError) as err:
         raise InputError(f"--model {args.model} could not be loaded ({str(err).strip().splitlines()[0]}): pass a "
                          "run's model/ or a checkpoint directory with its processor") from None
     images = embedder.encode_images(pictures) if paths else None
+    videos = embedder.encode_videos(clips) if clips else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        if images is not None:
-            np.save(out / "images.npy", images.numpy())
-            (out / "images.txt").write_text("".join(f"{p}\n" for p in paths))
+        for name, found, embedded in (("images", paths, images), ("videos", video_paths, videos)):
+            if embedded is not None:
+                np.save(out / f"{name}.npy", embedded.numpy())
+                (out / f"{name}.txt").write_text("".join(f"{p}\n" for p in found))
         if lines:
             np.save(out / "texts.npy", embedder.encode_texts(lines).numpy())
     if args.query:
-        dim = args.dim or images.shape[1]
-        if dim > images.shape[1]:
-            raise InputError(f"--dim {dim}: must be in 1..{images.shape[1]}")
+        gallery = torch.cat([e for e in (images, videos) if e is not None])  # images first, then videos
+        names = [*paths, *video_paths]
+        dim = args.dim or gallery.shape[1]
+        if dim > gallery.shape[1]:
+            raise InputError(f"--dim {dim}: must be in 1..{gallery.shape[1]}")
         query = embedder.encode_texts([args.query])
-        scores = (truncate(query, dim) @ truncate(images, dim).T)[0]
-        top = scores.topk(min(args.top_k, len(paths)))
+        scores = (truncate(query, dim) @ truncate(gallery, dim).T)[0]
+        top = scores.topk(min(args.top_k, len(names)))
         for score, index in zip(top.values.tolist(), top.indices.tolist()):
-            print(f"{score:.4f}  {paths[index]}")
+            print(f"{score:.4f}  {names[index]}")
     return 0

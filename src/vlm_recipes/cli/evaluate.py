@@ -50,9 +50,15 @@ def metrics_table(name: str, metrics: dict) -> str:
 
     if "mean_iou" in metrics:
         return detection_table([(name, metrics)])
-    if "t2i" in metrics:
-        return "\n\n".join(f"{title}\n\n{retrieval_rows(metrics[key])}"
-                           for key, title in (("t2i", "Text -> image"), ("i2t", "Image -> text")))
+    if "t2i" in metrics or "t2v" in metrics:
+        what = "video" if "t2v" in metrics else "image"
+        forward, backward = ("t2v", "v2t") if what == "video" else ("t2i", "i2t")
+        tables = [f"{title}\n\n{retrieval_rows(metrics[key])}" for key, title in
+                  ((forward, f"Text -> {what}"), (backward, f"{what.capitalize()} -> text"))]
+        if "order" in metrics:
+            tables.append("Order test (own clip above it reversed)\n\n| dim | fraction |\n|---|---|\n"
+                          + "\n".join(f"| {dim} | {value:.3f} |" for dim, value in metrics["order"].items()))
+        return "\n\n".join(tables)
     return f"| model | exact match |\n|---|---|\n| {name} | {metrics['exact_match']:.3f} |"
 
 

@@ -8,8 +8,12 @@ or text, optional "hard_negatives": [...], optional "target_text": str}. `train.
 sibling test.jsonl (or val/validation.jsonl); a source with no test split (after the "test" ->
 "val" -> "validation" fallback) keeps its last `data.num_test` train rows as the test split.
 
-A string target is an image path when it ends in an image suffix (relative paths are relative to
-the .jsonl file; for other sources, to the working directory), else a text. An image path that does not exist is an error, never a text.
+A string target is an image path when it ends in an image suffix, a video when it ends in a video
+suffix (.mp4, .webm, .avi, ...; data/video.py) or names a directory of frames with a trailing "/"
+(relative paths are relative to the .jsonl file; for other sources, to the working directory),
+else a text. An image or video path that does not exist is an error, never a text. A query is a
+text, or a video path (its text, if any, in "query_text"). Hard negatives take what targets take.
+Videos are sampled as `data.video` says (config.VideoConfig), once, when the rows are read.
 
 Synthetic scenes: two groups of identical shapes, one per half of the image (left/right or
 top/bottom), e.g. "two red circles on the left and a blue star on the right". Resolving a caption
@@ -29,28 +33,48 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import InputError
+from ..config import VideoConfig
 from .sources import IMAGE_SUFFIXES, Rows, decode_image, open_source, resolve_split
 from .synthetic import COLOURS, _draw_shape, _jitter
+from .video import VIDEO_SUFFIXES, Clip, is_video_path, read_video
 
 
 @dataclass
 class Target:
-    """One retrievable item: an image, an image with text, or a text alone."""
+    """One retrievable item: an image or a video (each with optional text), or a text alone."""
     image: Image.Image | None = None  # RGB
     text: str | None = None
     key: str = ""  # identity in a gallery: equal keys are the same item
+    video: Clip | None = None  # sampled frames (data/video.py)
 
     def __post_init__(self):
-        if self.image is None and not self.text:
-            raise ValueError("a target needs an image or a text")
+        if self.image is None and self.video is None and not self.text:
+            raise ValueError("a target needs an image, a video or a text")
+        if self.image is not None and self.video is not None:
+            raise ValueError("a target is an image or a video, not both")
+
+    @property
+    def visual(self) -> Image.Image | Clip | None:
+        """What the model sees besides the text: the image, the video's frames, or None."""
+        return self.image if self.image is not None else self.video
 
 
 @dataclass
 class RetrievalSample:
-    query: str
+    query: str  # its text ("" for a query that is only a video or image)
     target: Target
     hard_negatives: list[Target] = field(default_factory=list)
     sample_id: str = ""
+    query_visual: Image.Image | Clip | None = None  # a video (or image) query
+
+    @property
+    def query_text(self) -> str | None:
+        return self.query or None
+
+    @property
+    def query_label(self) -> str:
+        """How reports name the query: its text, else its sample id."""
+        return self.query or self.sample_id
 
 
 # --- synthetic compositional scenes -------------------------------------------------------
@@ -189,12 +213,18 @@ def synthetic_gallery(size: int, seed: int) -> list[RetrievalSample]:
 # --- files and datasets ---------------------------------------------------------------------
 
 def load_retrieval_splits(source: str, num_train: int, num_test: int, seed: int, num_hard_negatives: int,
-                          max_train: int | None = None, max_test: int | None = None) -> dict[str, Any]:
+                          max_train: int | None = None, max_test: int | None = None,
+                          video: VideoConfig = VideoConfig()) -> dict[str, Any]:
     """{"train": indexable samples, "test": list of samples} from `source` (module docstring).
 
     `max_train`/`max_test` keep the first rows of a split; `num_train`/`num_test` are the row
-    counts generated for "synthetic" (and `num_test` the rows held out of a train-only source).
+    counts generated for "synthetic" and "synthetic-video" (and `num_test` the rows held out of a
+    train-only source). `video`: how video files and generated clips are sampled.
     """
+    if source == "synthetic-video":
+        from .motion import load_motion_splits  # it builds on this module's samples
+
+        return load_motion_splits(num_train, num_test, seed, num_hard_negatives, max_train, max_test, video)
     if source == "synthetic":
         train = SyntheticRetrieval(num_train if max_train is None else min(num_train, max_train), "train", seed,
                                    num_hard_negatives)
@@ -205,7 +235,7 @@ def load_retrieval_splits(source: str, num_train: int, num_test: int, seed: int,
     for split, (rows, indices) in _train_test(opened.splits, source, num_test).items():
         limit = {"train": max_train, "test": max_test}[split]
         splits[split] = [row_sample(rows[j], f"row {i} of the {split} split of {source}", opened.base_dir,
-                                    f"{split}-{i:05d}") for i, j in enumerate(indices[:limit])]
+                                    f"{split}-{i:05d}", video) for i, j in enumerate(indices[:limit])]
     _check_negatives(splits["train"], num_hard_negatives, source)
     return splits
 
@@ -224,30 +254,45 @@ def _train_test(splits: dict[str, Rows], source: str, num_test: int) -> dict[str
     return {"train": (train, range(held_out)), "test": (train, range(held_out, len(train)))}
 
 
-def row_sample(row: dict, where: str, base_dir: Path, default_id: str) -> RetrievalSample:
-    if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not row["query"].strip():
-        raise InputError(f"{where}: needs a non-empty string 'query'")
+def row_sample(row: dict, where: str, base_dir: Path, default_id: str, video: VideoConfig = VideoConfig()
+               ) -> RetrievalSample:
+    """A row {"query": text or video path, "target": ..., "hard_negatives": [...], "target_text",
+    "query_text", "id"} as a sample; a video query may carry its own text in "query_text"."""
+    query = row.get("query") if isinstance(row, dict) else None
+    if not isinstance(query, str) or not query.strip():
+        raise InputError(f"{where}: needs a non-empty string 'query' (a text, or a video path)")
     if row.get("target") is None:
-        raise InputError(f"{where}: needs a 'target' (an image path or a text)")
+        raise InputError(f"{where}: needs a 'target' (an image or video path, or a text)")
     negatives = row.get("hard_negatives") or []
     if not isinstance(negatives, list):
-        raise InputError(f"{where}: 'hard_negatives' must be a list of image paths or texts")
-    target = as_target(row["target"], row.get("target_text"), where, base_dir)
-    return RetrievalSample(row["query"], target, [as_target(n, None, where, base_dir) for n in negatives],
-                           str(row.get("id") or default_id))
+        raise InputError(f"{where}: 'hard_negatives' must be a list of image or video paths or texts")
+    query_visual = None
+    if Path(query).suffix.lower() in VIDEO_SUFFIXES:
+        query_visual = as_target(query, None, where, base_dir, video).video
+        query = row.get("query_text") or ""
+    target = as_target(row["target"], row.get("target_text"), where, base_dir, video)
+    return RetrievalSample(query, target, [as_target(n, None, where, base_dir, video) for n in negatives],
+                           str(row.get("id") or default_id), query_visual)
 
 
-def as_target(value: Any, text: str | None, where: str, base_dir: Path) -> Target:
-    """An image (PIL, stored {"bytes", "path"} or a path with an image suffix) or a text."""
+def as_target(value: Any, text: str | None, where: str, base_dir: Path, video: VideoConfig = VideoConfig()) -> Target:
+    """An image (PIL, stored {"bytes", "path"} or a path with an image suffix), a video (a path
+    with a video suffix, a directory of frames, or a stored {"path"} of a video) or a text."""
+    if isinstance(value, dict) and isinstance(value.get("path"), str) and is_video_path(value["path"]):
+        value = value["path"]  # a `datasets` Video column, left undecoded (sources.undecoded)
     if isinstance(value, (Image.Image, dict)):
         image = decode_image(value, where)
         # no name to know it by: each occurrence is its own gallery item, as it always was for the
         # images `datasets` decodes
         return Target(image, text, key=f"image:{id(image)}")
     if not isinstance(value, str) or not value.strip():
-        raise InputError(f"{where}: a target must be an image path or a non-empty text, got {value!r}")
+        raise InputError(f"{where}: a target must be an image or video path or a non-empty text, got {value!r}")
+    path = Path(value) if Path(value).is_absolute() else base_dir / value
+    if Path(value).suffix.lower() in VIDEO_SUFFIXES or (value.endswith("/") and path.is_dir()):
+        if not path.exists():
+            raise InputError(f"{where}: video {value!r} not found (relative paths are relative to {base_dir})")
+        return Target(text=text, key=f"video:{path.resolve()}", video=read_video(path, video, where))
     if Path(value).suffix.lower() in IMAGE_SUFFIXES:
-        path = Path(value) if Path(value).is_absolute() else base_dir / value
         if not path.is_file():
             raise InputError(f"{where}: image {value!r} not found (relative paths are relative to {base_dir})")
         return Target(decode_image(str(path), where), text, key=f"image:{path.resolve()}")

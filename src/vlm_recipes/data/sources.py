@@ -3,6 +3,7 @@ the rows opened here into their samples. `load_splits` is the entry point every 
 
 Sources (`data.dataset`):
   "synthetic"                 not opened here: each loader generates its own rows
+  "synthetic-video"           generated text <-> video retrieval (data/motion.py); retrieval only
   name[train:N,test:M]        any source below, with at most N train / M test rows (`parse_split_spec`)
   a directory saved by `DatasetDict.save_to_disk`
   parquet: a file, or a directory of them (searched recursively)
@@ -94,7 +95,10 @@ def _load_kind(data: DataConfig, kind: str, seed: int, num_hard_negatives: int) 
     max_train, max_test = limits.get("train", data.max_train), limits.get("test", data.max_test)
     if kind == "retrieval":
         return load_retrieval_splits(source, data.num_train, data.num_test, seed, num_hard_negatives,
-                                     max_train, max_test)
+                                     max_train, max_test, data.video)
+    if source == "synthetic-video":
+        raise InputError("data.dataset=synthetic-video is retrieval data (text <-> video pairs): use it with "
+                         "an mrl recipe (mrl-video)")
     messages = open_messages_source(source) if kind == "chat" else None
     if messages is not None:
         return messages_splits(messages, source, limits)
@@ -109,8 +113,22 @@ def carve_validation(splits: dict[str, list], num_val: int, seed: int) -> dict[s
     train = splits["train"]
     count = min(num_val, len(train) // 10)
     picked = set(random.Random(seed).sample(range(len(train)), count))
-    return {**splits, "train": [s for i, s in enumerate(train) if i not in picked],
-            "val": [train[i] for i in sorted(picked)]}
+    rest = [s for i, s in enumerate(train) if i not in picked] if isinstance(train, list) else Without(train, picked)
+    return {**splits, "train": rest, "val": [train[i] for i in sorted(picked)]}
+
+
+class Without:
+    """A lazily generated split (synthetic rows rendered when indexed) without some of its rows, still
+    lazy: walking it into a list would render every row up front and hold them all in memory."""
+
+    def __init__(self, rows, dropped: set[int]):
+        self.rows, self.kept = rows, [i for i in range(len(rows)) if i not in dropped]
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def __getitem__(self, index: int):
+        return self.rows[self.kept[index]]
 
 
 # --- the data.dataset string -------------------------------------------------------------------

@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .result import directions_of
+
 DETECTION_COLUMNS = [  # (key, title)
     ("model", "model"), ("recipe", "recipe"), ("mean_iou", "mean IoU"), ("median_iou", "median IoU"),
     ("detection_rate", "detection rate"), ("iou_gt_0.5", "IoU>0.5"), ("iou_gt_0.7", "IoU>0.7"),
@@ -164,21 +166,26 @@ def _detection_rows(runs: list[Run]) -> list[dict]:
 
 
 def _retrieval_rows(runs: list[Run]) -> tuple[list[dict], list[tuple[str, str]]]:
-    dims = sorted({int(d) for run in runs for d in run.metrics["finetuned"]["t2i"]})
+    """One row per model. The columns keep their "t2i"/"i2t" keys for text -> target and back; their
+    titles say t2v/v2t when every run retrieved videos (a video gallery's metrics are named so)."""
+    dims = sorted({int(d) for run in runs for d in run.metrics["finetuned"][directions_of(run.metrics["finetuned"])[0]]})
+    video = all(directions_of(run.metrics["finetuned"])[0] == "t2v" for run in runs)
+    t2x, x2t = ("t2v", "v2t") if video else ("t2i", "i2t")
     columns = [("model", "model"), ("recipe", "recipe")]
-    columns += [(f"t2i_r1@{d}", f"t2i R@1 d={d}") for d in dims]
-    columns += [("i2t_r1", "i2t R@1 (full)"), ("t2i_mrr10", "t2i MRR@10 (full)"),
+    columns += [(f"t2i_r1@{d}", f"{t2x} R@1 d={d}") for d in dims]
+    columns += [("i2t_r1", f"{x2t} R@1 (full)"), ("t2i_mrr10", f"{t2x} MRR@10 (full)"),
                 ("train_seconds", "train time (s)"), ("trainable_params", "trainable params")]
 
     def row_of(run: Run, name: str, base: bool = False) -> dict:
         m = run.metrics
         values = m["base"] if base else m["finetuned"]
-        full = str(max(int(d) for d in values["t2i"]))
+        forward, backward = directions_of(values)
+        full = str(max(int(d) for d in values[forward]))
         row = {"model": name, "recipe": "" if base else m.get("recipe", ""), "run": "" if base else str(run.path)}
-        row.update({f"t2i_r1@{d}": values["t2i"].get(str(d), {}).get("recall@1") for d in dims})
-        row["i2t_r1"] = values["i2t"][full]["recall@1"]
-        row["t2i_mrr10"] = values["t2i"][full]["mrr@10"]
-        row["t2i_r1_full"] = values["t2i"][full]["recall@1"]
+        row.update({f"t2i_r1@{d}": values[forward].get(str(d), {}).get("recall@1") for d in dims})
+        row["i2t_r1"] = values[backward][full]["recall@1"]
+        row["t2i_mrr10"] = values[forward][full]["mrr@10"]
+        row["t2i_r1_full"] = values[forward][full]["recall@1"]
         row["train_seconds"] = None if base else m.get("train_seconds")
         row["trainable_params"] = None if base else m.get("trainable_params")
         return row

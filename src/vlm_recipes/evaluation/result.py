@@ -35,6 +35,11 @@ def stages_line(metrics: dict) -> str:
                      for s in metrics["stages"])
 
 
+def directions_of(metrics: dict) -> tuple[str, str]:
+    """The direction names one retrieval evaluation uses: t2v/v2t for a video gallery, else t2i/i2t."""
+    return ("t2v", "v2t") if "t2v" in metrics else ("t2i", "i2t")
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
     """{"t2i": {"128": {"recall@1": x}}} -> {"t2i/128/recall@1": x}; numbers only."""
     out = {}
@@ -59,4 +64,6 @@ def pick_metric(metrics: dict, name: str) -> float:
         if not isinstance(node, dict) or parts[0] not in node:
             raise KeyError(f"metric {name!r} is not among the evaluator's: {', '.join(flatten(metrics))}")
         node = node[parts.pop(0)]
+    if isinstance(node, dict) and node and all(k.isdigit() for k in node):  # "order": by dim, the full one
+        node = node[max(node, key=int)]
     return float(node)

@@ -1,6 +1,12 @@
 """Retrieval evaluation: the evaluator of the `mrl` objective, metrics (Recall@k, MRR@10, nDCG@10)
 per Matryoshka dim, results.md and plots.
 
+Directions are named after the gallery: "t2i"/"i2t" (text -> target, target -> text), or
+"t2v"/"v2t" when any target is a video. A video gallery also gets the order test, per dim:
+"order" = the fraction of queries whose own clip scores above the same clip played backwards
+(chance 0.5; a model that averages its frames cannot beat it). metrics.json:
+{"t2v": {"<dim>": {...}}, "v2t": {...}, "order": {"<dim>": fraction}}.
+
 Metrics follow torchmetrics' retrieval definitions (checked against them in tests/test_mrl.py):
   recall@k  = relevant items in the top k / relevant items
   mrr@10    = 1 / rank of the first relevant item, 0 if it is not in the top 10
@@ -18,8 +24,8 @@ import torch
 
 from ..data.retrieval import RetrievalSample, Target
 from ..models.distributed import map_sharded
-from ..models.embedding import EncodeSettings, encode, encode_texts, hidden_size, resolve_dims, truncate
-from .result import EvalResult, stages_line
+from ..models.embedding import EncodeSettings, encode, hidden_size, resolve_dims, truncate
+from .result import EvalResult, directions_of, stages_line
 
 METRIC_NAMES = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
 
@@ -43,15 +49,29 @@ def retrieval_metrics(scores: torch.Tensor, relevant: torch.Tensor, top: int = 1
     return {name: out[name] for name in METRIC_NAMES}
 
 
-def metrics_by_dim(queries: torch.Tensor, gallery: torch.Tensor, relevant: torch.Tensor, dims: tuple[int, ...]
-                   ) -> dict[str, dict[str, dict[str, float]]]:
-    """{"t2i": {"<dim>": metrics}, "i2t": {...}} from full normalised embeddings (queries, H), (gallery, H)."""
-    result: dict[str, dict] = {"t2i": {}, "i2t": {}}
+def metrics_by_dim(queries: torch.Tensor, gallery: torch.Tensor, relevant: torch.Tensor, dims: tuple[int, ...],
+                   names: tuple[str, str] = ("t2i", "i2t")) -> dict[str, dict[str, dict[str, float]]]:
+    """{"t2i": {"<dim>": metrics}, "i2t": {...}} (or `names`) from full normalised embeddings (queries, H), (gallery, H)."""
+    forward, backward = names
+    result: dict[str, dict] = {forward: {}, backward: {}}
     for dim in dims:
         scores = truncate(queries, dim) @ truncate(gallery, dim).T  # (queries, gallery) cosine
-        result["t2i"][str(dim)] = retrieval_metrics(scores, relevant)
-        result["i2t"][str(dim)] = retrieval_metrics(scores.T, relevant.T)
+        result[forward][str(dim)] = retrieval_metrics(scores, relevant)
+        result[backward][str(dim)] = retrieval_metrics(scores.T, relevant.T)
     return result
+
+
+def order_by_dim(queries: torch.Tensor, own: torch.Tensor, reversed_: torch.Tensor, dims: tuple[int, ...]
+                 ) -> dict[str, float]:
+    """{"<dim>": fraction of queries (Q, H) whose own clip (Q, H) scores strictly above it reversed (Q, H)}."""
+    return {str(dim): ((truncate(queries, dim) * truncate(own, dim)).sum(-1)
+                       > (truncate(queries, dim) * truncate(reversed_, dim)).sum(-1)).float().mean().item()
+            for dim in dims}
+
+
+def directions(gallery: list[Target]) -> tuple[str, str]:
+    """How a gallery's two directions are named: t2v/v2t when it holds a video, else t2i/i2t."""
+    return ("t2v", "v2t") if any(t.video is not None for t in gallery) else ("t2i", "i2t")
 
 
 # --- the evaluator --------------------------------------------------------------------------
@@ -67,28 +87,47 @@ class RetrievalEvaluator:
         gallery = unique_targets(samples)
         keys = [t.key for t in gallery]
         queries, targets = encode_queries_and_gallery(model, self.processor, samples, gallery, self.settings)
+        own = target_rows(samples, gallery)
         relevant = torch.zeros(len(samples), len(keys), dtype=torch.bool)
-        relevant[torch.arange(len(samples)), target_rows(samples, gallery)] = True
+        relevant[torch.arange(len(samples)), own] = True
         dims = resolve_dims(self.dims, hidden_size(model))
+        names = directions(gallery)
+        metrics = metrics_by_dim(queries, targets, relevant, dims, names)
+        if names[0] == "t2v":
+            metrics["order"] = self.order_test(model, samples, queries, targets[own], dims)
         top = (queries @ targets.T).topk(min(10, len(keys)), dim=1).indices  # full dim
-        predictions = [{"query": s.query, "target": s.target.key, "top10": [keys[j] for j in row]}
+        predictions = [{"query": s.query_label, "target": s.target.key, "top10": [keys[j] for j in row]}
                        for s, row in zip(samples, top.tolist())]
-        return EvalResult(metrics_by_dim(queries, targets, relevant, dims), predictions,
-                          {"gallery_size": len(keys), "num_queries": len(samples)})
+        return EvalResult(metrics, predictions, {"gallery_size": len(keys), "num_queries": len(samples)})
+
+    def order_test(self, model, samples: list[RetrievalSample], queries: torch.Tensor, own: torch.Tensor,
+                   dims: tuple[int, ...]) -> dict[str, float]:
+        """The order test over the queries whose target is a video: own clip vs the same clip reversed."""
+        rows = [i for i, s in enumerate(samples) if s.target.video is not None]
+        backwards = [Target(text=samples[i].target.text, video=samples[i].target.video.reversed()) for i in rows]
+        reversed_ = map_sharded(lambda part: encode_targets(model, self.processor, part, self.settings), backwards,
+                                self.settings.batch_size)
+        return order_by_dim(queries[rows], own[rows], reversed_, dims)
 
     def summary(self, metrics: dict, finetuned: EvalResult) -> str:
-        dims = list(metrics["finetuned"]["t2i"])
+        forward, backward = directions_of(metrics["finetuned"])
+        what = "video" if forward == "t2v" else "image"
+        dims = list(metrics["finetuned"][forward])
         full, small = dims[-1], dims[0]
-        tuned, base = metrics["finetuned"]["t2i"], metrics["base"]["t2i"]
+        tuned, base = metrics["finetuned"][forward], metrics["base"][forward]
         keep = tuned[small]["recall@1"] / max(tuned[full]["recall@1"], 1e-9)
-        return (f"# {metrics['recipe']}: text-image retrieval, base vs fine-tuned\n\n"
+        order = "" if "order" not in metrics["finetuned"] else (
+            f" Order test (own clip above the same clip reversed; chance 0.5) at dim {full}: "
+            f"{metrics['base']['order'][full]:.3f} (base) -> {metrics['finetuned']['order'][full]:.3f} (fine-tuned).")
+        return (f"# {metrics['recipe']}: text-{what} retrieval, base vs fine-tuned\n\n"
                 f"Gallery: {finetuned.notes['gallery_size']} targets, {finetuned.notes['num_queries']} queries. "
-                f"Text->image Recall@1 at the full dim {full}: {base[full]['recall@1']:.3f} (base) -> "
+                f"Text->{what} Recall@1 at the full dim {full}: {base[full]['recall@1']:.3f} (base) -> "
                 f"{tuned[full]['recall@1']:.3f} (fine-tuned); at dim {small} the fine-tuned model keeps "
-                f"{100 * keep:.0f}% of it. Base model: `{metrics['base_model']}` ({metrics['family']}). "
+                f"{100 * keep:.0f}% of it.{order} Base model: `{metrics['base_model']}` ({metrics['family']}). "
                 f"Stages: {stages_line(metrics)}.\n\n"
-                f"## Text -> image\n\n{retrieval_table(metrics, 't2i')}\n\n"
-                f"## Image -> text\n\n{retrieval_table(metrics, 'i2t')}")
+                f"## Text -> {what}\n\n{retrieval_table(metrics, forward)}\n\n"
+                f"## {what.capitalize()} -> text\n\n{retrieval_table(metrics, backward)}"
+                + (f"\n\n## Order test\n\n{order_table(metrics)}" if order else ""))
 
     def write_report(self, run_dir: Path, metrics: dict, base: EvalResult, finetuned: EvalResult,
                      samples: list) -> None:
@@ -119,15 +158,21 @@ def encode_queries_and_gallery(model, processor, samples: list[RetrievalSample],
     """(Q, H) query and (G, H) gallery embeddings. With several processes each encodes 1/N of the
     batches (whole batches, so every row is bit-identical to a one-process encoding)."""
     size = settings.batch_size
-    queries = map_sharded(lambda part: encode_texts(model, processor, part, settings), [s.query for s in samples], size)
+    queries = map_sharded(lambda part: encode_queries(model, processor, part, settings), samples, size)
     targets = map_sharded(lambda part: encode_targets(model, processor, part, settings), gallery, size)
     return queries, targets
 
 
+def encode_queries(model, processor, samples: list[RetrievalSample], settings: EncodeSettings) -> torch.Tensor:
+    """(N, H) query embeddings: texts, and video (or image) queries with their optional text."""
+    return encode(model, processor, [s.query_text for s in samples], [s.query_visual for s in samples],
+                  settings.query_instruction, settings)
+
+
 def encode_targets(model, processor, targets: list[Target], settings: EncodeSettings) -> torch.Tensor:
-    """(N, H) embeddings in `targets` order: images (with their optional text) and text-only
+    """(N, H) embeddings in `targets` order: images and videos (with their optional text) and text-only
     targets, all with the target instruction (rows are padding-invariant, so they may share a batch)."""
-    return encode(model, processor, [t.text for t in targets], [t.image for t in targets],
+    return encode(model, processor, [t.text for t in targets], [t.visual for t in targets],
                   settings.target_instruction, settings)
 
 
@@ -141,12 +186,19 @@ def retrieval_table(metrics: dict, direction: str) -> str:
     return "\n".join(lines)
 
 
+def order_table(metrics: dict) -> str:
+    lines = ["| model | dim | own clip above it reversed |", "|---|---|---|"]
+    for model, key in (("base", "base"), ("fine-tuned", "finetuned")):
+        lines += [f"| {model} | {dim} | {value:.3f} |" for dim, value in metrics[key]["order"].items()]
+    return "\n".join(lines)
+
+
 def plot_recall_vs_dim(metrics: dict, path: Path) -> None:
     from .plots import plt
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for key, style in (("base", "--"), ("finetuned", "-")):
-        for direction, colour in (("t2i", "tab:blue"), ("i2t", "tab:orange")):
+        for direction, colour in zip(directions_of(metrics[key]), ("tab:blue", "tab:orange")):
             rows = metrics[key][direction]
             dims = [int(d) for d in rows]
             ax.plot(dims, [rows[d]["recall@1"] for d in rows], style, marker="o", color=colour,
@@ -162,7 +214,8 @@ def plot_recall_vs_dim(metrics: dict, path: Path) -> None:
 
 
 def plot_retrievals(samples: list, predictions: list[dict], path: Path, num: int = 4, top: int = 4) -> None:
-    """A few queries and their top `top` image targets; the right one framed green, others red."""
+    """A few queries and their top `top` targets (a video as a strip of 4 of its frames, left to right
+    in time); the right one framed green, others red."""
     from .plots import plt
 
     by_key = {s.target.key: s.target for s in samples}
@@ -172,8 +225,8 @@ def plot_retrievals(samples: list, predictions: list[dict], path: Path, num: int
         for c, key in enumerate(pred["top10"][:top]):
             ax = axes[r][c]
             target = by_key[key]
-            if target.image is not None:
-                ax.imshow(target.image)
+            if target.visual is not None:
+                ax.imshow(target.image if target.image is not None else filmstrip(target.video))
             else:
                 ax.text(0.5, 0.5, target.text[:40], ha="center", va="center", fontsize=6, wrap=True)
             ax.set_xticks([])
@@ -185,3 +238,15 @@ def plot_retrievals(samples: list, predictions: list[dict], path: Path, num: int
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def filmstrip(clip, frames: int = 4):
+    """Up to `frames` of a clip's frames, evenly spread, side by side (time runs left to right)."""
+    from PIL import Image
+
+    picked = [clip.frames[round(i * (len(clip.frames) - 1) / max(frames - 1, 1))] for i in range(min(frames, len(clip.frames)))]
+    width, height = picked[0].size
+    strip = Image.new("RGB", (width * len(picked) + 2 * (len(picked) - 1), height), "white")
+    for i, frame in enumerate(picked):
+        strip.paste(frame.resize((width, height)), (i * (width + 2), 0))
+    return strip

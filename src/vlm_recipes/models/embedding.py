@@ -14,6 +14,7 @@ re-normalised (`truncate`). Default dims for hidden size H: (H/8, H/4, H/2, H) f
     embedder = Embedder.load("runs/mrl/model")
     q = embedder.encode_texts(["two red circles on the left and a blue star on the right"])  # (1, H)
     g = embedder.encode_images(images)                                                       # (N, H)
+    v = embedder.encode_videos([read_video("clip.mp4", VideoConfig(), "example")])           # (1, H)
     scores = truncate(q, 64) @ truncate(g, 64).T
 """
 
@@ -27,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..config import QUERY_INSTRUCTION, TARGET_INSTRUCTION, InputError, MRLOptions
+from ..config import QUERY_INSTRUCTION, TARGET_INSTRUCTION, InputError, MRLOptions, VideoConfig
+from ..data.video import Clip
 
 Pooling = Literal["last", "mean"]
 
@@ -91,27 +93,68 @@ def embed(model, inputs: dict[str, torch.Tensor], pooling: Pooling) -> torch.Ten
     return F.normalize(pooled.float(), dim=-1)
 
 
-def chat_text(processor, text: str | None, instruction: str, with_image: bool) -> str:
-    """One user turn (image first, then instruction and text) ending with the assistant prefix."""
-    content = [{"type": "image"}] if with_image else []
+def chat_text(processor, text: str | None, instruction: str, visual: Literal["image", "video"] | None) -> str:
+    """One user turn (image or video first, then instruction and text) ending with the assistant prefix."""
+    content = [{"type": visual}] if visual else []
     body = instruction if not text else f"{instruction}\n{text}" if instruction else text
     content.append({"type": "text", "text": body})
-    return processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+    chat = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                          add_generation_prompt=True)
+    if visual == "video" and "<|video_pad|>" not in chat:
+        raise InputError("this model's chat template writes no video placeholder (<|video_pad|>): a processor saved "
+                         "before video support; copy a current chat_template.jinja next to the model")
+    return chat
 
 
-def tokenize(processor, texts: list[str | None], images: list[Image.Image | None], instruction: str,
-             max_length: int, padding_side: Literal["left", "right"] = "right") -> dict[str, torch.Tensor]:
-    """A processor batch of (image?, text?) inputs; never truncated (an error when too long)."""
-    chats = [chat_text(processor, t, instruction, img is not None) for t, img in zip(texts, images)]
-    pictures = [img for img in images if img is not None]
+def kind_of(visual) -> Literal["image", "video"] | None:
+    """What a visual input is: a PIL image, a sampled video (data.video.Clip), or nothing."""
+    if visual is None:
+        return None
+    return "video" if isinstance(visual, Clip) else "image"
+
+
+def tokenize(processor, texts: list[str | None], images: list, instruction: str, max_length: int,
+             padding_side: Literal["left", "right"] = "right", video: VideoConfig = VideoConfig()
+             ) -> dict[str, torch.Tensor]:
+    """A processor batch of (image or video?, text?) inputs; never truncated (an error when too long).
+
+    `images`: per row a PIL image, a `Clip` (video frames) or None. Videos go through the processor's
+    own video path (pixel_values_videos, video_grid_thw; Qwen2.5-VL adds second_per_grid_ts), their
+    frames resized to `video`'s per-frame pixel budget here and not re-sampled there.
+    """
+    kinds = [kind_of(v) for v in images]
+    chats = [chat_text(processor, t, instruction, kind) for t, kind in zip(texts, kinds)]
+    pictures = [v for v, kind in zip(images, kinds) if kind == "image"]
+    clips = [v for v, kind in zip(images, kinds) if kind == "video"]
+    extra = video_inputs(processor, clips, video) if clips else {}
     batch = processor(text=chats, images=pictures or None, padding=True, padding_side=padding_side,
-                      return_tensors="pt")
+                      return_tensors="pt", **extra)
     longest = int(batch["attention_mask"].sum(1).max())
     if longest > max_length:
         raise InputError(f"an embedding input has {longest} tokens > objective.options.max_length={max_length}: "
-                         "raise it or lower model.max_pixels (inputs are never truncated)")
-    return dict(batch)
+                         "raise it or lower model.max_pixels / data.video.max_pixels / data.video.max_frames "
+                         "(inputs are never truncated)")
+    return {key: value for key, value in batch.items() if isinstance(value, torch.Tensor)}
+
+
+def video_inputs(processor, clips: list[Clip], video: VideoConfig) -> dict:
+    """The processor's video arguments: frames at the per-frame budget, and metadata that gives
+    each frame its time (Qwen3-VL's timestamps, Qwen2.5-VL's seconds per temporal patch)."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+    from transformers.video_utils import VideoMetadata
+
+    vp = processor.video_processor
+    factor = vp.patch_size * vp.merge_size
+    frames, metadata = [], []
+    for clip in clips:
+        width, height = clip.frames[0].size
+        h, w = smart_resize(height, width, factor=factor, min_pixels=video.min_pixels, max_pixels=video.max_pixels)
+        frames.append([f if f.size == (w, h) else f.resize((w, h), Image.BICUBIC) for f in clip.frames])
+        metadata.append(VideoMetadata(total_num_frames=clip.total, fps=clip.fps, frames_indices=list(clip.indices)))
+    options = {"video_metadata": metadata, "do_sample_frames": False, "do_resize": False}
+    if hasattr(vp, "cap_pixels_per_frame"):  # Qwen3-VL: frames are already at their budget
+        options["cap_pixels_per_frame"] = False
+    return {"videos": frames, "videos_kwargs": options}
 
 
 @dataclass
@@ -121,25 +164,28 @@ class EncodeSettings:
     target_instruction: str = TARGET_INSTRUCTION
     max_length: int = 1024
     batch_size: int = 32
+    video: VideoConfig = VideoConfig()
+    """Per-frame pixel budget of videos (their frames were sampled by the same config when read)."""
 
     @classmethod
-    def from_options(cls, options: MRLOptions, batch_size: int) -> "EncodeSettings":
-        """Encode as the `mrl` objective trains: its pooling, instructions and length limit."""
+    def from_options(cls, options: MRLOptions, batch_size: int, video: VideoConfig = VideoConfig()) -> "EncodeSettings":
+        """Encode as the `mrl` objective trains: its pooling, instructions, length limit and video budget."""
         return cls(options.pooling, options.query_instruction, options.target_instruction, options.max_length,
-                   batch_size)
+                   batch_size, video)
 
 
 @torch.no_grad()
-def encode(model, processor, texts: list[str | None], images: list[Image.Image | None], instruction: str,
+def encode(model, processor, texts: list[str | None], images: list, instruction: str,
            settings: EncodeSettings) -> torch.Tensor:
-    """(N, hidden) normalised embeddings in batches, model in eval mode, on the model's device."""
+    """(N, hidden) normalised embeddings in batches, model in eval mode, on the model's device.
+    `images`: per row a PIL image, a video `Clip` or None."""
     was_training = model.training
     model.eval()
     out = []
     device = next(model.parameters()).device
     for start in range(0, len(texts), settings.batch_size):
         batch = tokenize(processor, texts[start:start + settings.batch_size], images[start:start + settings.batch_size],
-                         instruction, settings.max_length)
+                         instruction, settings.max_length, video=settings.video)
         out.append(embed(model, {k: v.to(device) for k, v in batch.items()}, settings.pooling).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, hidden_size(model))
@@ -155,6 +201,12 @@ def encode_images(model, processor, images: list[Image.Image], texts: list[str |
     """Images (each with optional text) -> (N, hidden) normalised embeddings (target instruction)."""
     return encode(model, processor, texts or [None] * len(images), [img.convert("RGB") for img in images],
                   settings.target_instruction, settings)
+
+
+def encode_videos(model, processor, clips: list[Clip], texts: list[str | None] | None = None,
+                  settings: EncodeSettings = EncodeSettings()) -> torch.Tensor:
+    """Videos (sampled clips, each with optional text) -> (N, hidden) normalised embeddings (target instruction)."""
+    return encode(model, processor, texts or [None] * len(clips), list(clips), settings.target_instruction, settings)
 
 
 class Embedder:
@@ -191,3 +243,6 @@ class Embedder:
 
     def encode_images(self, images: list[Image.Image], texts: list[str | None] | None = None) -> torch.Tensor:
         return encode_images(self.model, self.processor, images, texts, self.settings)
+
+    def encode_videos(self, clips: list[Clip], texts: list[str | None] | None = None) -> torch.Tensor:
+        return encode_videos(self.model, self.processor, clips, texts, self.settings)

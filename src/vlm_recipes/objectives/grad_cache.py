@@ -9,9 +9,10 @@ The loss couples every query with every target, so the batch cannot simply be sp
 Parameter gradients equal those of the un-chunked batch; peak memory is one chunk's activations.
 Works on one device; under DDP all but the last replay run without gradient synchronisation.
 
-A Qwen-VL batch is chunked by rows; its images are flat: `pixel_values` holds every image's
-patches back to back, so a chunk takes the patches of its rows' images (counted from
-`image_grid_thw`, t*h*w patches per image).
+A Qwen-VL batch is chunked by rows; its images and videos are flat: `pixel_values` holds every
+image's patches back to back, so a chunk takes the patches of its rows' images (counted from
+`image_grid_thw`, t*h*w patches per image); `pixel_values_videos` likewise by `video_grid_thw`
+(and Qwen2.5-VL's `second_per_grid_ts`, one value per video).
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-IMAGE_KEYS = ("pixel_values", "image_grid_thw")
+MEDIA = {  # kind -> (flat patches, one (t, h, w) row per item, other per-item values)
+    "image": ("pixel_values", "image_grid_thw", ()),
+    "video": ("pixel_values_videos", "video_grid_thw", ("second_per_grid_ts",)),
+}
+MEDIA_KEYS = {key for patches, grid, other in MEDIA.values() for key in (patches, grid, *other)}
 
 
 class RngState:
@@ -43,30 +48,40 @@ class RngState:
             yield
 
 
-def split_rows(batch: dict[str, torch.Tensor], images_per_row: torch.Tensor, chunk_size: int
+def split_rows(batch: dict[str, torch.Tensor], per_row: torch.Tensor | dict[str, torch.Tensor], chunk_size: int
                ) -> list[dict[str, torch.Tensor]]:
-    """Chunks of at most `chunk_size` rows; each keeps its own images' patches.
+    """Chunks of at most `chunk_size` rows; each keeps its own images' and videos' patches.
 
     batch: a processor batch (input_ids (rows, seq), attention_mask, ..., pixel_values
-    (patches, dim), image_grid_thw (images, 3)); images_per_row: (rows,) image count per row.
+    (patches, dim), image_grid_thw (images, 3), pixel_values_videos, video_grid_thw (videos, 3));
+    per_row: {"image": (rows,), "video": (rows,)} items per row (a tensor alone: images per row).
     Columns that are padding in every row of a chunk are dropped (either padding side).
     """
+    counts = per_row if isinstance(per_row, dict) else {"image": per_row}
     rows = batch["input_ids"].shape[0]
-    image_end = torch.cumsum(images_per_row, 0).tolist()  # images in rows [0, r]
-    patch_end = [0]
-    if "image_grid_thw" in batch:
-        patch_end += torch.cumsum(batch["image_grid_thw"].prod(-1), 0).tolist()
     chunks = []
     for start in range(0, rows, chunk_size):
         stop = min(start + chunk_size, rows)
         keep = batch["attention_mask"][start:stop].bool().any(0)  # (seq,)
-        chunk = {k: v[start:stop][:, keep] for k, v in batch.items() if k not in IMAGE_KEYS}
-        first, last = (image_end[start - 1] if start else 0), image_end[stop - 1]
-        if last > first:
-            chunk["image_grid_thw"] = batch["image_grid_thw"][first:last]
-            chunk["pixel_values"] = batch["pixel_values"][patch_end[first]:patch_end[last]]
+        chunk = {k: v[start:stop][:, keep] for k, v in batch.items() if k not in MEDIA_KEYS}
+        for kind, items in counts.items():
+            chunk.update(_media_of_rows(batch, kind, items, start, stop))
         chunks.append(chunk)
     return chunks
+
+
+def _media_of_rows(batch: dict[str, torch.Tensor], kind: str, per_row: torch.Tensor, start: int, stop: int
+                   ) -> dict[str, torch.Tensor]:
+    """The `kind` inputs (patches, grids, per-item values) of rows [start, stop); {} when they have none."""
+    patches_key, grid_key, other = MEDIA[kind]
+    item_end = [0] + torch.cumsum(per_row, 0).tolist()  # items in rows [0, r)
+    first, last = item_end[start], item_end[stop]
+    if last == first:
+        return {}
+    patch_end = [0] + torch.cumsum(batch[grid_key].prod(-1), 0).tolist()
+    part = {grid_key: batch[grid_key][first:last], patches_key: batch[patches_key][patch_end[first]:patch_end[last]]}
+    part.update({key: batch[key][first:last] for key in other if key in batch})
+    return part
 
 
 def cached_step(encode: Callable[[dict], torch.Tensor], parts: list[list[dict]],

@@ -1,4 +1,4 @@
-"""Contrastive Matryoshka (MRL) training: the VLM as a text<->image embedding model.
+"""Contrastive Matryoshka (MRL) training: the VLM as a text<->image (and text<->video) embedding model.
 
 Loss: symmetric in-batch InfoNCE (text->target over [all positives, then all hard negatives];
 target->text over all queries), summed over the Matryoshka dims with per-dim weights, each dim
@@ -18,13 +18,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
-from ..config import MRLOptions
+from ..config import MRLOptions, VideoConfig
 from ..data.retrieval import RetrievalSample
 from ..data.sources import load_splits
 from ..errors import InputError
-from ..evaluation.retrieval import RetrievalEvaluator, encode_queries_and_gallery, target_rows, unique_targets
+from ..evaluation.retrieval import (RetrievalEvaluator, directions, encode_queries_and_gallery, target_rows,
+                                   unique_targets)
 from ..models.distributed import rank_and_world
-from ..models.embedding import EncodeSettings, embed, hidden_size, resolve_dims, tokenize, truncate
+from ..models.embedding import EncodeSettings, embed, hidden_size, kind_of, resolve_dims, tokenize, truncate
 from .base import DropOnTrainEnd, Objective
 from .grad_cache import cached_step, split_rows
 
@@ -76,12 +77,14 @@ def matryoshka_info_nce(queries: torch.Tensor, targets: torch.Tensor, dims: tupl
 class MRLCollator:
     """list[RetrievalSample] -> query and target processor batches ("query_*", "target_*").
 
-    Targets are [every positive, then every sample's first k hard negatives]; each group carries
-    `*_images_per_row` so GradCache can split its flat pixel_values by row.
+    Targets are [every positive, then every sample's first k hard negatives]; a row's visual is an
+    image, a video or nothing, and rows of each kind share a batch. Each group carries
+    `*_images_per_row` and `*_videos_per_row` so GradCache can split its flat pixel_values and
+    pixel_values_videos by row.
     """
 
-    def __init__(self, processor, options: MRLOptions):
-        self.processor, self.options = processor, options
+    def __init__(self, processor, options: MRLOptions, video: VideoConfig = VideoConfig()):
+        self.processor, self.options, self.video = processor, options, video
 
     def __call__(self, samples: list[RetrievalSample]) -> dict:
         k = self.options.num_hard_negatives
@@ -90,21 +93,23 @@ class MRLCollator:
             raise InputError(f"sample {short.sample_id} has {len(short.hard_negatives)} hard negatives < "
                              f"objective.options.num_hard_negatives={k}")
         targets = [s.target for s in samples] + [n for s in samples for n in s.hard_negatives[:k]]
-        batch = self._group("query", [s.query for s in samples], [None] * len(samples), self.options.query_instruction)
-        batch.update(self._group("target", [t.text for t in targets], [t.image for t in targets],
+        batch = self._group("query", [s.query_text for s in samples], [s.query_visual for s in samples],
+                            self.options.query_instruction)
+        batch.update(self._group("target", [t.text for t in targets], [t.visual for t in targets],
                                  self.options.target_instruction))
         return batch
 
-    def _group(self, prefix: str, texts, images, instruction: str) -> dict:
-        encoded = tokenize(self.processor, texts, images, instruction, self.options.max_length)
-        encoded["images_per_row"] = torch.tensor([int(img is not None) for img in images])
+    def _group(self, prefix: str, texts, visuals, instruction: str) -> dict:
+        encoded = tokenize(self.processor, texts, visuals, instruction, self.options.max_length, video=self.video)
+        for kind in ("image", "video"):
+            encoded[f"{kind}s_per_row"] = torch.tensor([int(kind_of(v) == kind) for v in visuals])
         return {f"{prefix}_{key}": value for key, value in encoded.items()}
 
 
-def group_inputs(inputs: dict, prefix: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The model inputs of one group and its images per row."""
+def group_inputs(inputs: dict, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The model inputs of one group, and its images and videos per row ({"image": (rows,), "video": (rows,)})."""
     part = {key[len(prefix) + 1:]: value for key, value in inputs.items() if key.startswith(prefix + "_")}
-    return part, part.pop("images_per_row")
+    return part, {kind: part.pop(f"{kind}s_per_row") for kind in ("image", "video")}
 
 
 # --- the objective ------------------------------------------------------------------------
@@ -115,19 +120,35 @@ class MRL(Objective):
 
     def __init__(self, recipe, processor, family, config=None):
         super().__init__(recipe, processor, family, config)
-        self.collate = MRLCollator(processor, self.options)
+        self.collate = MRLCollator(processor, self.options, recipe.data.video)
 
     def load_data(self):
         options = self.options
         from_data = options.num_hard_negatives if options.hard_negatives == "data" else 0
-        return load_splits(self.recipe.data, self.data_kind, self.recipe.seed, num_hard_negatives=from_data)
+        data = load_splits(self.recipe.data, self.data_kind, self.recipe.seed, num_hard_negatives=from_data)
+        self._check_metric_names(data["val"])
+        return data
+
+    def _check_metric_names(self, val: list[RetrievalSample]) -> None:
+        """A gallery of videos is scored as t2v/v2t (RetrievalEvaluator): a metric_for_best that names
+        t2i/i2t would be missing at the first validation, after the base evaluation; say so now."""
+        names = directions(unique_targets(val)) if val else None
+        for index, stage in enumerate(self.recipe.stages):
+            metric = self.recipe.metric_for_best(stage.train)
+            if names and metric.split(".")[0] not in (*names, "order"):
+                raise InputError(f"stages.{index}.train.metric_for_best={metric!r}: this data's validation gallery "
+                                 f"is scored as {'/'.join(names)}; set e.g. train.metric_for_best={names[0]}.recall@1")
+            if names and metric.startswith("order") and names[0] != "t2v":
+                raise InputError(f"stages.{index}.train.metric_for_best={metric!r}: the order test needs video "
+                                 "targets; this data's validation gallery has none")
 
     def prepare_trainer(self, trainer) -> None:
         options = self.options
         if options.hard_negatives == "mined":
             # a batch that fits for training (with gradients) fits for the encoding pass
             trainer.train_dataset = mine_hard_negatives(trainer.model, self.processor, list(trainer.train_dataset),
-                                                        options, trainer.args.per_device_train_batch_size)
+                                                        options, trainer.args.per_device_train_batch_size,
+                                                        self.recipe.data.video)
         if options.learn_temperature:
             model = trainer.model
             device = next(model.parameters()).device
@@ -173,10 +194,10 @@ class MRL(Objective):
 
     def every_step_sees_images(self, samples: list) -> bool:
         # GradCache replays query chunks (text only) after target chunks, each its own backward
-        return self.options.grad_cache_chunk <= 0 and all(s.target.image is not None for s in samples)
+        return self.options.grad_cache_chunk <= 0 and all(s.target.visual is not None for s in samples)
 
     def evaluator(self):
-        settings = EncodeSettings.from_options(self.options, self.recipe.eval.batch_size)
+        settings = EncodeSettings.from_options(self.options, self.recipe.eval.batch_size, self.recipe.data.video)
         return RetrievalEvaluator(self.processor, settings, self.options.dims)
 
     def summary(self, model) -> dict:
@@ -184,7 +205,7 @@ class MRL(Objective):
 
 
 def mine_hard_negatives(model, processor, samples: list[RetrievalSample], options: MRLOptions,
-                        batch_size: int) -> list[RetrievalSample]:
+                        batch_size: int, video: VideoConfig = VideoConfig()) -> list[RetrievalSample]:
     """`samples` with `options.num_hard_negatives` mined negatives each: the training targets the
     model ranks highest for the query, skipping its own target and any candidate scoring above
     `mining_margin` x the positive's score (that close, it is often an unlabelled positive)."""
@@ -195,7 +216,7 @@ def mine_hard_negatives(model, processor, samples: list[RetrievalSample], option
                          f"{k} negatives per query; lower objective.options.num_hard_negatives")
     # each of N processes encodes 1/N of the batches; every process ranks the gathered whole (D20)
     queries, targets = encode_queries_and_gallery(model, processor, samples, gallery,
-                                                  EncodeSettings.from_options(options, batch_size))
+                                                  EncodeSettings.from_options(options, batch_size, video))
     scores = queries @ targets.T  # (Q, G), full dim
     rows, own = torch.arange(len(samples)), target_rows(samples, gallery)
     if options.mining_margin is not None:
