@@ -297,14 +297,22 @@ def test_mrl_video_recipe_learns_order(tmp_path):
     from vlm_recipes.cli.train import main
 
     run_dir = tmp_path / "mrl-video"
-    code = main(["--recipe", "mrl-video", "--output-dir", str(run_dir), "--no-wandb", "--max-steps", "60",
-                 "--set", "data.num_val=0"])
+    code = main(["--recipe", "mrl-video", "--output-dir", str(run_dir), "--no-wandb", "--max-steps", "40",
+                 "--set", "data.num_val=0", "--set", "data.num_test=40", "--set", "train.extra.dataloader_num_workers=0"])
     assert code == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     base, tuned = metrics["base"], metrics["finetuned"]
     print("t2v@128", base["t2v"]["128"]["recall@1"], "->", tuned["t2v"]["128"]["recall@1"],
           "order", base["order"]["128"], "->", tuned["order"]["128"])
-    assert tuned["t2v"]["128"]["recall@1"] >= 3 * base["t2v"]["128"]["recall@1"]
-    assert set(metrics["finetuned"]) == {"t2v", "v2t", "order"}
+    # measured 2026-12-04 with these 40 steps (one thread, 40-clip gallery): t2v recall@1 0.000 -> 0.175,
+    # recall@10 -> 0.95+, loss 14.8 -> 10.0; the order test is still at chance here (0.425 -> 0.475: the
+    # direction is learned later; the full recipe's figures are in the README). Bounds below the
+    # measured: recall@1 >= 0.1 (4 of 40 queries, measured 7), loss x0.8.
+    r1 = tuned["t2v"]["128"]["recall@1"]
+    assert r1 >= 0.1 and r1 >= 3 * base["t2v"]["128"]["recall@1"]
+    losses = [e["loss"] for e in json.loads((run_dir / "train_log.json").read_text()) if "loss" in e]
+    assert losses[-1] <= 0.8 * losses[0]
+    assert set(metrics["finetuned"]) == {"t2v", "v2t", "order"} and set(metrics["finetuned"]["order"]) == {
+        "16", "32", "64", "128"}
     for name in ("results.md", "recall_vs_dim.png", "retrievals.png", "loss.png"):
         assert (run_dir / name).is_file(), name
