@@ -112,6 +112,19 @@ def test_training_evaluation_and_encode_sample_the_same_frames(tmp_path, random_
     assert all(torch.equal(batches[0][k], batches[1][k]) for k in batches[0])
 
 
+def test_a_datasets_video_column_is_read_by_path_or_bytes(tmp_path):
+    from datasets import Dataset, DatasetDict, Features, Value, Video
+
+    path = write_video(tmp_path / "a.mp4", _frames(16), fps=8)
+    rows = {"query": ["by path", "by bytes"], "target": [str(path), {"bytes": path.read_bytes(), "path": None}]}
+    train = Dataset.from_dict(rows, features=Features({"query": Value("string"), "target": Video()}))
+    DatasetDict({"train": train, "test": train}).save_to_disk(str(tmp_path / "saved"))
+    splits = load_retrieval_splits(str(tmp_path / "saved"), 10, 1, 0, 0, video=FOUR)
+    by_path, by_bytes = (s.target.video for s in splits["train"])
+    assert by_path.indices == by_bytes.indices == (0, 5, 10, 15)
+    assert [_bar_position(f) for f in by_bytes.frames] == [0, 5, 10, 15]
+
+
 # --- the three families' video paths ---------------------------------------------------------
 
 @pytest.mark.parametrize("family, patch, seconds", [("qwen2_vl", 14, False), ("qwen2_5_vl", 14, True),

@@ -36,7 +36,7 @@ from ..errors import InputError
 from ..config import VideoConfig
 from .sources import IMAGE_SUFFIXES, Rows, decode_image, open_source, resolve_split
 from .synthetic import COLOURS, _draw_shape, _jitter
-from .video import VIDEO_SUFFIXES, Clip, is_video_path, read_video
+from .video import VIDEO_SUFFIXES, Clip, read_video
 
 
 @dataclass
@@ -278,8 +278,12 @@ def row_sample(row: dict, where: str, base_dir: Path, default_id: str, video: Vi
 def as_target(value: Any, text: str | None, where: str, base_dir: Path, video: VideoConfig = VideoConfig()) -> Target:
     """An image (PIL, stored {"bytes", "path"} or a path with an image suffix), a video (a path
     with a video suffix, a directory of frames, or a stored {"path"} of a video) or a text."""
-    if isinstance(value, dict) and isinstance(value.get("path"), str) and is_video_path(value["path"]):
-        value = value["path"]  # a `datasets` Video column, left undecoded (sources.undecoded)
+    if isinstance(value, dict) and value.get("video") is not None:  # a `datasets` Video column (sources.undecoded)
+        stored = value["video"]
+        if stored.get("bytes") is not None:
+            return Target(text=text, key=f"video:{stored.get('path') or id(stored)}",
+                          video=read_video(stored["bytes"], video, where))
+        value = stored.get("path") or ""
     if isinstance(value, (Image.Image, dict)):
         image = decode_image(value, where)
         # no name to know it by: each occurrence is its own gallery item, as it always was for the

@@ -268,11 +268,31 @@ def undecoded(dd) -> dict[str, Rows]:
 
 def _undecoded(ds) -> Rows:
     from datasets import Image as ImageFeature
+    from datasets import Video as VideoFeature
 
+    videos = []
     for column, feature in ds.features.items():
         if isinstance(feature, ImageFeature) and feature.decode:
             ds = ds.cast_column(column, ImageFeature(decode=False))  # the schema only: no data is rewritten
-    return ds
+        elif isinstance(feature, VideoFeature) and feature.decode:  # datasets would decode with torchcodec
+            ds = ds.cast_column(column, VideoFeature(decode=False))
+            videos.append(column)
+    return _MarkedVideos(ds, videos) if videos else ds
+
+
+class _MarkedVideos:
+    """A split whose Video columns' stored values ({"bytes", "path"}) come wrapped as {"video": ...}, so
+    that a loader tells them from a stored image (which has the same keys) and reads them as videos."""
+
+    def __init__(self, ds, columns: list[str]):
+        self.ds, self.columns, self.column_names = ds, columns, ds.column_names
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = self.ds[i]
+        return {k: {"video": v} if k in self.columns and v is not None else v for k, v in row.items()}
 
 
 def _by_split(source: str, files: list[Path], rows_type, alone: bool = False) -> dict[str, Rows]:

@@ -18,6 +18,7 @@ frame was shown.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -60,27 +61,34 @@ def is_video_path(value: str | Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES or path.is_dir()
 
 
-def read_video(path: str | Path, config: VideoConfig, where: str) -> Clip:
-    """The sampled clip of a video file or a directory of frames; an unreadable one is an
-    InputError naming `where` (the row or flag) and the file."""
-    path = Path(path)
-    if path.is_dir():
-        return _read_frame_dir(path, config, where)
-    if not path.is_file():
-        raise InputError(f"{where}: video {str(path)!r} not found")
+def read_video(path: str | Path | bytes, config: VideoConfig, where: str) -> Clip:
+    """The sampled clip of a video file, a directory of frames or a video's bytes (a `datasets`
+    Video column that embeds them); an unreadable one is an InputError naming `where` (the row or
+    flag) and the file."""
+    name = "the stored bytes" if isinstance(path, bytes) else repr(str(path))
+    if not isinstance(path, bytes):
+        path = Path(path)
+        if path.is_dir():
+            return _read_frame_dir(path, config, where)
+        if not path.is_file():
+            raise InputError(f"{where}: video {str(path)!r} not found")
     try:
         return _decode(path, config)
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - PyAV raises FFmpeg's many error types; all mean "unreadable"
-        raise InputError(f"unreadable video {str(path)!r} in {where} ({type(err).__name__}: {_first_line(err)}); "
+        raise InputError(f"unreadable video {name} in {where} ({type(err).__name__}: {_first_line(err)}); "
                          "fix or drop it") from None
 
 
-def _decode(path: Path, config: VideoConfig) -> Clip:
+def _open(source: Path | bytes):
     import av
 
-    with av.open(str(path)) as container:
+    return av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+
+
+def _decode(path: Path | bytes, config: VideoConfig) -> Clip:
+    with _open(path) as container:
         if not container.streams.video:
             raise InputError(f"{str(path)!r} has no video stream")
         stream = container.streams.video[0]
@@ -99,12 +107,10 @@ def _decode(path: Path, config: VideoConfig) -> Clip:
     return Clip(tuple(frames[i] for i in indices), fps, tuple(indices), total)
 
 
-def _decode_frames(path: Path, wanted: set[int]) -> tuple[dict[int, Image.Image], int]:
+def _decode_frames(path: Path | bytes, wanted: set[int]) -> tuple[dict[int, Image.Image], int]:
     """The wanted frames (index -> RGB image) and how many frames the stream decodes to."""
-    import av
-
     frames, seen = {}, 0
-    with av.open(str(path)) as container:
+    with _open(path) as container:
         for seen, frame in enumerate(container.decode(video=0), 1):
             if seen - 1 in wanted:
                 frames[seen - 1] = frame.to_image().convert("RGB")

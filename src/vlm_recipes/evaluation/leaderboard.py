@@ -2,7 +2,7 @@
 
 Detection runs (sft, mdlm: metrics with "mean_iou") give one row per fine-tuned run plus the
 base rows, sorted by mean IoU. Retrieval runs (mrl: metrics with "dims") get their own table,
-sorted by text->image Recall@1 at the full dim. A run that is missing, unfinished, failed or
+sorted by text->image (text->video for video runs) Recall@1 at the full dim. A run that is missing, unfinished, failed or
 unreadable is listed under "not in the tables" with the reason, never dropped silently.
 
 Base rows: each run evaluates the model it starts from (for 4-bit recipes, the 4-bit base:
@@ -220,7 +220,7 @@ def to_markdown(board: Leaderboard) -> str:
     if board.detection:
         parts.append("## Detection (sorted by mean IoU)\n\n" + markdown_table(board.detection, detection_columns(board)))
     if board.retrieval:
-        parts.append("## Retrieval (sorted by text->image Recall@1 at the full dim)\n\n"
+        parts.append("## Retrieval (sorted by text->image (or video) Recall@1 at the full dim)\n\n"
                      + markdown_table(board.retrieval, board.retrieval_columns))
     if not board.detection and not board.retrieval:
         parts.append("No complete run to compare.")
