@@ -30,6 +30,8 @@ OTHERS = {
     "diffusion": ["--set", "objective.options.steps=8", "--set", "objective.options.canvas_length=48"],
     # mining sharded too; 11 test rows (the metrics need a gallery of at least 10)
     "mrl": ["--set", "objective.options.hard_negatives=mined", "--set", "data.num_test=11"],
+    # video rows: negatives gathered across the processes and mined from video targets
+    "mrl-video": ["--set", "objective.options.hard_negatives=mined", "--set", "data.num_test=11"],
 }
 
 

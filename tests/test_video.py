@@ -223,6 +223,19 @@ def test_grad_cache_matches_plain_backward_with_video_rows(tiny):
         assert error <= 1e-4 * grad.abs().max() + 1e-8, (name, error.item())
 
 
+def test_mining_ranks_video_targets(tiny):
+    from vlm_recipes.objectives.mrl import mine_hard_negatives
+
+    model, processor = tiny
+    samples = [SyntheticMotion(6, "train", seed=2, num_hard_negatives=0, video=FOUR)[i] for i in range(6)]
+    mined = mine_hard_negatives(model, processor, samples, MRLOptions(num_hard_negatives=2, hard_negatives="mined"),
+                                batch_size=4, video=FOUR)
+    keys = {s.target.key for s in samples}
+    for sample, before in zip(mined, samples):
+        assert len(sample.hard_negatives) == 2 and all(n.video is not None for n in sample.hard_negatives)
+        assert {n.key for n in sample.hard_negatives} <= keys - {before.target.key}
+
+
 # --- evaluation ------------------------------------------------------------------------------
 
 def test_order_test_counts_own_clip_strictly_above_it_reversed():
