@@ -182,7 +182,8 @@ def test_a_video_row_and_an_image_row_share_a_batch(tiny):
     assert batch["target_videos_per_row"].tolist() == [1, 0, 0, 1, 1, 0]  # [3 positives, then 3 negatives]
     assert batch["target_images_per_row"].tolist() == [0, 1, 0, 0, 0, 1]
     assert batch["query_videos_per_row"].tolist() == [0, 0, 1] and "query_pixel_values" not in batch
-    assert batch["target_video_grid_thw"].tolist() == [[2, 6, 6]] * 3  # patches: 3x3 tokens and batch["target_image_grid_thw"].shape == (2, 3)
+    assert batch["target_video_grid_thw"].tolist() == [[2, 6, 6]] * 3  # in patches: 3x3 tokens a temporal patch
+    assert batch["target_image_grid_thw"].shape == (2, 3)
     targets, counts = group_inputs(batch, "target")
     with torch.no_grad():
         together = embed(model, targets, "last")
@@ -192,7 +193,8 @@ def test_a_video_row_and_an_image_row_share_a_batch(tiny):
     chunks = split_rows(targets, counts, 4)
     assert torch.equal(torch.cat([c["pixel_values_videos"] for c in chunks]), targets["pixel_values_videos"])
     assert torch.equal(torch.cat([c["pixel_values"] for c in chunks]), targets["pixel_values"])
-    assert [c["video_grid_thw"].shape[0] for c in chunks] == [2, 1] and [c["image_grid_thw"].shape[0] for c in chunks] == [1, 1]
+    assert [c["video_grid_thw"].shape[0] for c in chunks] == [2, 1]
+    assert [c["image_grid_thw"].shape[0] for c in chunks] == [1, 1]
 
 
 def test_grad_cache_matches_plain_backward_with_video_rows(tiny):
@@ -271,8 +273,9 @@ def test_evaluator_names_video_directions_and_runs_the_order_test(tiny):
 def test_synthetic_video_needs_motion_and_is_deterministic():
     data = SyntheticMotion(4, "train", seed=1, num_hard_negatives=2, video=FOUR)
     sample, again = data[0], SyntheticMotion(4, "train", seed=1, num_hard_negatives=2, video=FOUR)[0]
-    assert sample.query == again.query and all(
-        np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(sample.target.video.frames, again.target.video.frames))
+    assert sample.query == again.query
+    assert all(np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(sample.target.video.frames, again.target.video.frames))
     colour, shape, direction = sample.query.removeprefix("a ").split(" moving ")[0].split() + [sample.query.split()[-1]]
     assert direction in ("left", "right", "up", "down")
     reversed_ = sample.hard_negatives[0].video
@@ -324,7 +327,8 @@ def test_mrl_video_recipe_learns_order(tmp_path):
 
     run_dir = tmp_path / "mrl-video"
     code = main(["--recipe", "mrl-video", "--output-dir", str(run_dir), "--no-wandb", "--max-steps", "40",
-                 "--set", "data.num_val=0", "--set", "data.num_test=40", "--set", "train.extra.dataloader_num_workers=0"])
+                 "--set", "data.num_val=0", "--set", "data.num_test=40",
+                 "--set", "train.extra.dataloader_num_workers=0"])
     assert code == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     base, tuned = metrics["base"], metrics["finetuned"]

@@ -2,8 +2,8 @@
 
 Detection runs (sft, mdlm: metrics with "mean_iou") give one row per fine-tuned run plus the
 base rows, sorted by mean IoU. Retrieval runs (mrl: metrics with "dims") get their own table,
-sorted by text->image (text->video for video runs) Recall@1 at the full dim. A run that is missing, unfinished, failed or
-unreadable is listed under "not in the tables" with the reason, never dropped silently.
+sorted by text->image (text->video for video runs) Recall@1 at the full dim. A run that is
+missing, unfinished, failed or unreadable is listed under "not in the tables" with the reason, never dropped silently.
 
 Base rows: each run evaluates the model it starts from (for 4-bit recipes, the 4-bit base:
 DECISIONS D4), so runs can disagree about "the base". Runs with the same base (model, precision,
@@ -168,7 +168,8 @@ def _detection_rows(runs: list[Run]) -> list[dict]:
 def _retrieval_rows(runs: list[Run]) -> tuple[list[dict], list[tuple[str, str]]]:
     """One row per model. The columns keep their "t2i"/"i2t" keys for text -> target and back; their
     titles say t2v/v2t when every run retrieved videos (a video gallery's metrics are named so)."""
-    dims = sorted({int(d) for run in runs for d in run.metrics["finetuned"][directions_of(run.metrics["finetuned"])[0]]})
+    forwards = [run.metrics["finetuned"][directions_of(run.metrics["finetuned"])[0]] for run in runs]
+    dims = sorted({int(d) for forward in forwards for d in forward})
     video = all(directions_of(run.metrics["finetuned"])[0] == "t2v" for run in runs)
     t2x, x2t = ("t2v", "v2t") if video else ("t2i", "i2t")
     columns = [("model", "model"), ("recipe", "recipe")]
@@ -220,7 +221,7 @@ def to_markdown(board: Leaderboard) -> str:
     if board.detection:
         parts.append("## Detection (sorted by mean IoU)\n\n" + markdown_table(board.detection, detection_columns(board)))
     if board.retrieval:
-        parts.append("## Retrieval (sorted by text->image (or video) Recall@1 at the full dim)\n\n"
+        parts.append("## Retrieval (sorted by text->image or text->video Recall@1 at the full dim)\n\n"
                      + markdown_table(board.retrieval, board.retrieval_columns))
     if not board.detection and not board.retrieval:
         parts.append("No complete run to compare.")

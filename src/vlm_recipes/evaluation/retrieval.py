@@ -51,7 +51,8 @@ def retrieval_metrics(scores: torch.Tensor, relevant: torch.Tensor, top: int = 1
 
 def metrics_by_dim(queries: torch.Tensor, gallery: torch.Tensor, relevant: torch.Tensor, dims: tuple[int, ...],
                    names: tuple[str, str] = ("t2i", "i2t")) -> dict[str, dict[str, dict[str, float]]]:
-    """{"t2i": {"<dim>": metrics}, "i2t": {...}} (or `names`) from full normalised embeddings (queries, H), (gallery, H)."""
+    """{"t2i": {"<dim>": metrics}, "i2t": {...}} (or `names`) from full normalised embeddings
+    (queries, H), (gallery, H)."""
     forward, backward = names
     result: dict[str, dict] = {forward: {}, backward: {}}
     for dim in dims:
@@ -244,7 +245,8 @@ def filmstrip(clip, frames: int = 4):
     """Up to `frames` of a clip's frames, evenly spread, side by side (time runs left to right)."""
     from PIL import Image
 
-    picked = [clip.frames[round(i * (len(clip.frames) - 1) / max(frames - 1, 1))] for i in range(min(frames, len(clip.frames)))]
+    count = min(frames, len(clip.frames))
+    picked = [clip.frames[round(i * (len(clip.frames) - 1) / max(count - 1, 1))] for i in range(count)]
     width, height = picked[0].size
     strip = Image.new("RGB", (width * len(picked) + 2 * (len(picked) - 1), height), "white")
     for i, frame in enumerate(picked):
