@@ -203,6 +203,7 @@ def files(tmp_path):
         "list_yaml": _write(tmp_path / "list.yaml", "- name: r\n- stages: []\n"),
         "config_only": _write(tmp_path / "cfg-only" / "config.json", "{}").parent,
         "not_image": _write(tmp_path / "imgs" / "notes.png", "not a picture"),
+        "not_video": _write(tmp_path / "vids" / "clip.mp4", "not a video"),
         "run": _write(tmp_path / "run" / "status.json", '{"state": "failed"}').parent,
     }
 
@@ -247,6 +248,10 @@ TRAIN_CASES = [  # (argv, what the one line must say); {name} is a path from `fi
     (["--recipe", "r4-joint", "--set", "model.max_pixels=100", "--set", "model.min_pixels=200"], "need 0 < min_pixels"),
     (["--recipe", "r4-joint", "--dataset", "synthetic[train:0]"], "bad slice"),
     (["--recipe", "mrl", "--set", "objective.options.temperature=0"], "objective.options.temperature=0.0"),
+    (["--recipe", "mrl-video", "--set", "data.video.num_frames=9"], "data.video.num_frames=9 > data.video.max_frames=8"),
+    (["--recipe", "mrl-video", "--set", "data.video.max_pixels=100"], "data.video.max_pixels=100"),
+    (["--recipe", "mrl-video", "--set", "data.num_test=81"], "synthetic-video has 80 different motions"),
+    (["--recipe", "r4-joint", "--dataset", "synthetic-video"], "synthetic-video is retrieval data"),
     (["--recipe", "r4-joint", "--resume", "{run}"], "--resume continues the run with its own config.yaml"),
     (["--resume", "{file}"], "nothing to resume"),
     (["--resume"], "--resume needs the run directory"),
@@ -265,6 +270,8 @@ ENCODE_CASES = [
     (["--model", "{config_only}", "--images", "{not_image}"], "nothing to do"),
     (["--model", "{config_only}", "--texts", "{file}", "--query", "q"], "--query searches images"),
     (["--model", "{config_only}"], "nothing to embed"),
+    (["--model", "{config_only}", "--videos", "{not_video}", "--query", "q"], "unreadable video"),
+    (["--model", "{config_only}", "--videos", "{file}/none.mp4", "--out", "{run}/e"], "--videos"),
     (["--images", "x"], "the following arguments are required: --model"),
 ]
 
