@@ -322,11 +322,11 @@ def test_corrupt_video_is_one_line_and_exit_2(tmp_path, capsys, random_tiny_dirs
 # --- end to end ----------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_mrl_video_recipe_learns_order(tmp_path):
+def test_mrl_video_recipe_learns_retrieval_and_order(tmp_path):
     from vlm_recipes.cli.train import main
 
     run_dir = tmp_path / "mrl-video"
-    code = main(["--recipe", "mrl-video", "--output-dir", str(run_dir), "--no-wandb", "--max-steps", "40",
+    code = main(["--recipe", "mrl-video", "--output-dir", str(run_dir), "--no-wandb", "--max-steps", "56",
                  "--set", "data.num_val=0", "--set", "data.num_test=40",
                  "--set", "train.extra.dataloader_num_workers=0"])
     assert code == 0
@@ -334,12 +334,13 @@ def test_mrl_video_recipe_learns_order(tmp_path):
     base, tuned = metrics["base"], metrics["finetuned"]
     print("t2v@128", base["t2v"]["128"]["recall@1"], "->", tuned["t2v"]["128"]["recall@1"],
           "order", base["order"]["128"], "->", tuned["order"]["128"])
-    # measured 2026-12-04 with these 40 steps (one thread, 40-clip gallery): t2v recall@1 0.000 -> 0.175,
-    # recall@10 -> 0.95+, loss 14.8 -> 10.0; the order test is still at chance here (0.425 -> 0.475: the
-    # direction is learned later; the full recipe's figures are in the README). Bounds below the
-    # measured: recall@1 >= 0.1 (4 of 40 queries, measured 7), loss x0.8.
-    r1 = tuned["t2v"]["128"]["recall@1"]
-    assert r1 >= 0.1 and r1 >= 3 * base["t2v"]["128"]["recall@1"]
+    # measured 2026-12-04 with these 56 steps (one thread, 40-clip gallery, 49 s): t2v recall@1 0.000 -> 0.325,
+    # order test 0.425 -> 0.575 (the full recipe, 450 steps: 0.863 and 1.000; README). Bounds below
+    # the measured: recall@1 >= 0.2 (8 of 40 queries, measured 13); the order test above the base's
+    # (measured 6 queries above), loss x0.8.
+    r1, order = tuned["t2v"]["128"]["recall@1"], tuned["order"]["128"]
+    assert r1 >= 0.2 and r1 >= 3 * base["t2v"]["128"]["recall@1"]
+    assert order > base["order"]["128"]
     losses = [e["loss"] for e in json.loads((run_dir / "train_log.json").read_text()) if "loss" in e]
     assert losses[-1] <= 0.8 * losses[0]
     assert set(metrics["finetuned"]) == {"t2v", "v2t", "order"} and set(metrics["finetuned"]["order"]) == {
