@@ -76,3 +76,36 @@ def test_bad_flags_get_one_line_and_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.strip().count("\n") == 0 and err.startswith("error: "), err
         assert not (tmp_path / "b.json").exists()
+
+
+def test_real_size_architectures_have_the_published_parameter_counts():
+    from transformers import AutoModelForImageTextToText
+
+    from vlm_recipes.models.real_size import REAL_SIZE, real_size_config
+
+    for name, (*_, published) in REAL_SIZE.items():
+        with torch.device("meta"):  # shapes only: no memory, no download
+            model = AutoModelForImageTextToText.from_config(real_size_config(name))
+        assert sum(p.numel() for p in model.parameters()) == pytest.approx(published, rel=0.005), name
+
+
+def test_real_size_mode_trains_every_recipe_on_a_scaled_down_architecture():
+    """The GPU mode's code path on CPU: a Qwen2-VL architecture with the real vocabulary and token ids
+    but tiny widths, random weights saved and loaded through the project's loading (4-bit for r4),
+    LoRA from the recipes, a few optimizer steps each."""
+    from transformers import AutoConfig
+
+    from vlm_recipes.benchmark import benchmark_real_size
+    from vlm_recipes.models.real_size import MROPE, TOKEN_IDS
+
+    config = AutoConfig.for_model(
+        "qwen2_vl", text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, vocab_size=151936, rope_parameters=dict(MROPE, mrope_section=[2, 3, 3])),
+        vision_config=dict(depth=2, embed_dim=64, hidden_size=64, mlp_ratio=2, num_heads=4, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2), tie_word_embeddings=True, **TOKEN_IDS)
+    out = benchmark_real_size(config, ["r4-joint", "mrl"], steps=2, warmup=1, device="cpu", batch_size=2, image_side=56)
+    assert out["batch_size"] == 2 and out["params"] > 151936 * 64
+    for recipe in ("r4-joint", "mrl"):
+        row = out[recipe]
+        assert row["samples_per_s"] > 0 and row["llm_tokens_per_s"] > 0 and row["mfu"] is None  # no GPU, no MFU
+        assert 0 < row["trainable_params"] < out["params"]  # LoRA only

@@ -370,3 +370,135 @@ def environment(device: str) -> dict:
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
     return env
+
+
+# --- real-size architectures, random weights (GPU mode) ---------------------------------------
+
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
+                   "4090": 165e12}
+"""Dense bf16 tensor-core peak by GPU name fragment (vendor datasheets, without sparsity)."""
+
+REAL_SIZE_RECIPES = {"r1-llm-only": [], "r4-joint": [],
+                     # a 2B+ LLM is trained through LoRA for mrl (the tiny recipe trains it fully)
+                     "mrl": ["lora.targets=llm", "freeze.llm=true"]}
+
+
+def benchmark_real_size(config, recipes: list[str], steps: int, warmup: int, device: str, batch_size: int = 4,
+                        image_side: int = 448, text_tokens: int = 64) -> dict:
+    """Samples/s, tokens/s, MFU and peak memory of one optimizer step loop per recipe on `config`
+    (a transformers config, randomly initialised), with a `image_side` px image and `text_tokens`
+    text tokens per sample. The weights go through the project's own loading (4-bit included) and
+    `apply_stage` (freezing, LoRA), so what is measured is what a run would train."""
+    from transformers import AutoModelForImageTextToText
+
+    from .models.loading import apply_stage, load_model
+
+    with torch.device("meta"):
+        counted = AutoModelForImageTextToText.from_config(config)
+    vision_params = sum(p.numel() for p in counted.model.visual.parameters())
+    text_params = sum(p.numel() for n, p in counted.named_parameters() if "visual" not in n and "embed_tokens" not in n)
+    out = {"params": sum(p.numel() for p in counted.parameters()), "image_side": image_side,
+           "text_tokens": text_tokens, "batch_size": batch_size}
+    with tempfile.TemporaryDirectory() as tmp:
+        write_random_checkpoint(config, tmp, device)
+        for name in recipes:
+            recipe = load_recipe(name, REAL_SIZE_RECIPES.get(name, []))
+            stage = recipe.stages[0]
+            model = apply_stage(load_model(tmp, recipe.model, stage.quantization, device), stage)
+            inputs = random_inputs(config, batch_size, image_side, text_tokens, model.device)
+            step = mrl_step(model, inputs) if recipe.objective.name == "mrl" else sft_step(model, inputs)
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+            with PeakMemory(device) as memory:
+                seconds = timed_steps(step, optimizer, steps, warmup, device)
+            per_sample = 6 * (text_params * inputs["llm_tokens"] + vision_params * inputs["patches"]) / batch_size
+            rate = batch_size / seconds
+            out[name] = {"samples_per_s": rate, "s_per_step": seconds,
+                         "llm_tokens_per_s": inputs["llm_tokens"] / seconds, "peak_mem_mb": memory.peak_mb,
+                         "mfu": mfu(per_sample * rate, device),
+                         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+            del model, optimizer, step
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    return out
+
+
+def write_random_checkpoint(config, path: str, device: str) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    with torch.device(device if device != "cuda" else "cuda:0"):
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    model.save_pretrained(path)
+    del model
+
+
+def random_inputs(config, batch: int, side: int, text_tokens: int, device) -> dict:
+    """Token ids and pixel values shaped as the processor would make them for one `side` x `side`
+    image and `text_tokens` text tokens a row (the last quarter supervised); plus a text-only
+    query batch for mrl."""
+    vision = config.vision_config
+    grid = side // vision.patch_size
+    image_tokens = grid * grid // vision.spatial_merge_size**2
+    patch_dim = 3 * vision.temporal_patch_size * vision.patch_size**2
+    generator = torch.Generator().manual_seed(0)
+    text = torch.randint(100, 150000, (batch, text_tokens), generator=generator)
+    image_part = torch.tensor([config.vision_start_token_id] + [config.image_token_id] * image_tokens
+                              + [config.vision_end_token_id]).expand(batch, -1)
+    ids = torch.cat([image_part, text], dim=1)
+    labels = ids.clone()
+    labels[:, : ids.shape[1] - text_tokens // 4] = -100
+    images = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+              "mm_token_type_ids": (ids == config.image_token_id).long(),  # 1 marks image slots, as the processor does
+              "pixel_values": torch.randn(batch * grid * grid, patch_dim, generator=generator),
+              "image_grid_thw": torch.tensor([[1, grid, grid]] * batch)}
+    queries = {"input_ids": text, "attention_mask": torch.ones_like(text)}
+    move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+    return {"images": move(images), "labels": labels.to(device), "queries": move(queries),
+            "llm_tokens": batch * ids.shape[1], "patches": batch * grid * grid}
+
+
+def sft_step(model, inputs):
+    def step():
+        return model(**inputs["images"], labels=inputs["labels"]).loss
+    return step
+
+
+def mrl_step(model, inputs):
+    from .models.embedding import embed
+    from .objectives.mrl import matryoshka_info_nce
+
+    dim = model.config.get_text_config().hidden_size
+    dims = tuple(d for d in (64, 128, 256, 512, 1024, dim) if d <= dim)
+
+    def step():
+        queries, targets = embed(model, inputs["queries"], "last"), embed(model, inputs["images"], "last")
+        return matryoshka_info_nce(queries, targets, dims, (1.0,) * len(dims), 20.0, gather=False)
+    return step
+
+
+def timed_steps(step, optimizer, steps: int, warmup: int, device: str) -> float:
+    """Seconds per optimizer step after `warmup` untimed steps."""
+    def one():
+        step().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        one()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        one()
+    sync()
+    return (time.perf_counter() - start) / steps
+
+
+def mfu(flops_per_s: float, device: str) -> float | None:
+    """Model FLOPs utilisation: 6 x params x tokens (forward + backward, the usual convention, which
+    over-counts frozen weights' skipped weight gradients) per second over the GPU's bf16 peak."""
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+    return flops_per_s / peak if peak else None

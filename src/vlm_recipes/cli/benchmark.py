@@ -20,8 +20,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="vlm-recipes benchmark", description=(
         "Training throughput and memory (project vs TRL SFTTrainer), evaluation speed (batched vs one image "
         "at a time) and mrl encoding speed, measured side by side in one process."))
-    p.add_argument("--recipes", default="r1-llm-only", help="comma-separated SFT recipes whose first stage is "
-                   "trained (default r1-llm-only)")
+    p.add_argument("--recipes", help="comma-separated recipes whose first stage is trained (default r1-llm-only; "
+                   "with --config real-size r1-llm-only,r4-joint,mrl)")
+    p.add_argument("--config", choices=["tiny", "real-size"], default="tiny", help="tiny: the side-by-side "
+                   "comparisons on --model; real-size: throughput, MFU and memory of randomly initialised "
+                   "real-size architectures (no download; for a GPU)")
+    p.add_argument("--real-models", default="qwen2-vl-2b,qwen2.5-vl-3b,qwen2-vl-7b",
+                   help="--config real-size: which architectures (default all three)")
+    p.add_argument("--image-side", type=int, default=448, help="--config real-size: image side in px (default 448)")
+    p.add_argument("--batch-size", type=int, default=4, help="--config real-size: samples per step (default 4)")
     p.add_argument("--model", default="tiny", help="base model: 'tiny' (shipped), a hub id or a local checkpoint")
     p.add_argument("--steps", type=int, default=32, help="training steps per measurement (default 32)")
     p.add_argument("--warmup", type=int, default=4, help="steps left out of the timing (default 4)")
@@ -60,8 +67,10 @@ def run(args) -> int:
 
         if not torch.cuda.is_available():
             raise InputError("--device cuda: no CUDA device is visible; use --device cpu")
+    if args.config == "real-size":
+        return run_real_size(args)
     result = {"env": bench.environment(args.device), "train": {}}
-    for name in [n for n in args.recipes.split(",") if n]:
+    for name in [n for n in (args.recipes or "r1-llm-only").split(",") if n]:
         overrides = recipe_overrides(args, name)
         recipe = load_recipe(name, overrides)
         if recipe.objective.name != "sft":
@@ -80,6 +89,43 @@ def run(args) -> int:
     print(report(result))
     print(f"\nwritten: {args.out}")
     return 0
+
+
+def run_real_size(args) -> int:
+    from .. import benchmark as bench
+    from ..errors import InputError
+    from ..models.real_size import REAL_SIZE, real_size_config
+
+    models = [m for m in args.real_models.split(",") if m]
+    unknown = [m for m in models if m not in REAL_SIZE]
+    if unknown:
+        raise InputError(f"--real-models {','.join(unknown)}: unknown; choose from {', '.join(REAL_SIZE)}")
+    if args.image_side < 56 or args.batch_size < 1:
+        raise InputError(f"--image-side {args.image_side} / --batch-size {args.batch_size}: need >= 56 px and >= 1")
+    recipes = [r for r in (args.recipes or ",".join(bench.REAL_SIZE_RECIPES)).split(",") if r]
+    result = {"env": bench.environment(args.device), "real_size": {}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name in models:
+        result["real_size"][name] = bench.benchmark_real_size(
+            real_size_config(name), recipes, args.steps, args.warmup, args.device, args.batch_size, args.image_side)
+        args.out.write_text(json.dumps(result, indent=2))  # a later model running out of memory keeps these
+    print(real_size_report(result))
+    print(f"\nwritten: {args.out}")
+    return 0
+
+
+def real_size_report(result: dict) -> str:
+    lines = [f"Real-size architectures, random weights, on {result['env'].get('gpu', result['env']['device'])}", "",
+             "| model | recipe | samples/s | s/step | LLM tok/s | peak MB | MFU | trainable |", "|---|---|---|---|---|---|---|---|"]
+    for model, rows in result["real_size"].items():
+        for recipe, r in rows.items():
+            if not isinstance(r, dict):
+                continue
+            mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+            peak = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] else "n/a"
+            lines.append(f"| {model} | {recipe} | {r['samples_per_s']:.2f} | {r['s_per_step']:.3f} | "
+                         f"{r['llm_tokens_per_s']:.0f} | {peak} | {mfu} | {r['trainable_params']:,} |")
+    return "\n".join(lines)
 
 
 def recipe_overrides(args, name: str) -> list[str]:
