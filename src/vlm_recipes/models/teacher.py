@@ -3,7 +3,7 @@ split cached once per stage (objectives/distillation.py has the loss).
 
     teacher = Teacher.resolve(options, batch_size=64)       # checks only: one InputError line if unusable
     cache = TeacherCache()
-    cache.fill(teacher, samples, num_hard_negatives, "cpu")  # loads the weights, encodes what is missing
+    cache.fill_from(teacher, train_dataset, num_hard_negatives, "cpu")  # loads the weights, encodes what is missing
     rows = cache.lookup(batch_samples, num_hard_negatives)   # TeacherBatch, rows as the student's batch
 
 `options.teacher` is a finished `mrl` run (its directory, or its `model/`), a checkpoint directory
@@ -165,6 +165,12 @@ class TeacherCache:
     targets: dict[str, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
     """Time spent encoding so far (loading included)."""
+
+    def fill_from(self, teacher: Teacher, dataset, num_hard_negatives: int, device: str, chunk: int = 1024) -> int:
+        """`fill` over an indexable dataset (a lazily rendered one too), `chunk` samples at a time so
+        that only a chunk's images are held; returns how many inputs were encoded."""
+        return sum(self.fill(teacher, [dataset[i] for i in range(start, min(start + chunk, len(dataset)))],
+                             num_hard_negatives, device) for start in range(0, len(dataset), chunk))
 
     def fill(self, teacher: Teacher, samples: list, num_hard_negatives: int, device: str) -> int:
         """Encode every query and target (hard negatives included) of `samples` not cached yet;

@@ -172,7 +172,7 @@ class MRL(Objective):
                                                         options, trainer.args.per_device_train_batch_size)
         if self.distilling:  # after mining: the mined negatives are cached too
             device = str(next(trainer.model.parameters()).device)
-            self.teacher_cache.fill(self.teacher, list(trainer.train_dataset), options.num_hard_negatives, device)
+            self.teacher_cache.fill_from(self.teacher, trainer.train_dataset, options.num_hard_negatives, device)
             self.teacher.release()
             trainer.data_collator = WithTeacher(trainer.data_collator, self.teacher_cache, options.num_hard_negatives)
         if options.learn_temperature:
