@@ -19,9 +19,9 @@ from vlm_recipes.config import MRLOptions, ObjectiveConfig, load_recipe
 from vlm_recipes.data.retrieval import SyntheticRetrieval
 from vlm_recipes.errors import InputError
 from vlm_recipes.models.embedding import embed
-from vlm_recipes.models.teacher import Teacher, TeacherCache, WithTeacher
+from vlm_recipes.models.teacher import Teacher, TeacherBatch, TeacherCache, WithTeacher
 from vlm_recipes.objectives import build_objective
-from vlm_recipes.objectives.distillation import TeacherBatch, distillation_loss
+from vlm_recipes.objectives.distillation import distillation_loss
 from vlm_recipes.objectives.grad_cache import cached_step, split_rows
 from vlm_recipes.objectives.mrl import group_inputs, teacher_rows
 

@@ -157,6 +157,14 @@ def load_frozen(model_dir: str, device: str, load_in_4bit: bool):
     return model, load_processor(model_dir, cfg)
 
 
+@dataclass(frozen=True)
+class TeacherBatch:
+    """The teacher's normalised embeddings of one batch, rows exactly as the student's: queries
+    (B, Ht) and targets ((1 + k) * B, Ht) laid out [B positives, then the k * B hard negatives]."""
+    queries: torch.Tensor
+    targets: torch.Tensor
+
+
 @dataclass
 class TeacherCache:
     """The teacher's embeddings by input: queries by text, targets by `Target.key` (an input always
@@ -190,11 +198,9 @@ class TeacherCache:
         self.seconds += time.time() - start
         return len(queries) + len(found)
 
-    def lookup(self, samples: list, num_hard_negatives: int):
+    def lookup(self, samples: list, num_hard_negatives: int) -> TeacherBatch:
         """The teacher rows of a batch, laid out as MRLCollator lays out the student's: queries in
         sample order; targets [every positive, then each sample's first k hard negatives]."""
-        from ..objectives.distillation import TeacherBatch
-
         k = num_hard_negatives
         targets = [s.target for s in samples] + [n for s in samples for n in s.hard_negatives[:k]]
         return TeacherBatch(torch.stack([self.queries[s.query] for s in samples]),

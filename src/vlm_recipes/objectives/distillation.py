@@ -32,21 +32,12 @@ The mse term is on the same 1/tau scale (squared error of the logits the softmax
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from ..models.distributed import rank_and_world
 from ..models.embedding import truncate
-
-
-@dataclass(frozen=True)
-class TeacherBatch:
-    """The teacher's normalised embeddings of one batch, rows exactly as the student's: queries
-    (B, Ht) and targets ((1 + k) * B, Ht) laid out [B positives, then the k * B hard negatives]."""
-    queries: torch.Tensor
-    targets: torch.Tensor
+from ..models.teacher import TeacherBatch
 
 
 def in_batch_layout(queries: torch.Tensor, targets: torch.Tensor, gather: bool, with_grad: bool

@@ -27,9 +27,9 @@ from ..errors import InputError
 from ..evaluation.retrieval import RetrievalEvaluator, encode_queries_and_gallery, target_rows, unique_targets
 from ..models.distributed import rank_and_world
 from ..models.embedding import EncodeSettings, embed, hidden_size, resolve_dims, tokenize, truncate
-from ..models.teacher import Teacher, TeacherCache, WithTeacher, untaught_metrics
+from ..models.teacher import Teacher, TeacherBatch, TeacherCache, WithTeacher, untaught_metrics
 from .base import DropOnTrainEnd, Objective
-from .distillation import TeacherBatch, distillation_loss
+from .distillation import distillation_loss
 from .grad_cache import cached_step, split_rows
 
 SCALE_PARAM = "mrl_logit_scale"  # learnable log(1/temperature), lives on the model during training only
