@@ -314,7 +314,7 @@ class MRLOptions:
     `teacher` is then only evaluated, as a row of the report). A run with alpha > 0 and no `teacher`
     fails before it starts (a shipped recipe cannot know where the user's teacher is, but must parse)."""
     distillation_temperature: float | None = None
-    """tau of the distillation term (kl: both softmaxes; mse: the scale of the similarities); None: the
+    """tau of the `kl` term (both softmaxes; `mse` compares cosines and has none); None: the
     temperature the teacher run was trained at, else the student's `temperature`."""
     distillation_loss: Literal["kl", "mse"] = "kl"
     """"kl": KL(teacher || student) of the in-batch similarity distributions; "mse": squared error of

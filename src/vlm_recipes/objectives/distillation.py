@@ -20,14 +20,18 @@ its embeddings truncated to dim d and re-normalised. Both are cosines. With tau 
         L_KD = KL( softmax(T / tau) || softmax(S_d / tau) )
   mse (regression of the similarity matrix: sentence-transformers' MSELoss / MarginMSE, Hofstaetter
       et al. 2020, on scores; "similarity-preserving" distillation, Tung & Mori 2019):
-        L_KD = mean_j ((S_d[i, j] - T[i, j]) / tau)^2
+        L_KD = mean_j (S_d[i, j] - T[i, j])^2          (cosines; tau does not enter)
 
 Why no Hinton tau^2 factor: Hinton's logits are the model's own and tau > 1 softens them, so the
 soft term's gradient shrinks as 1/tau^2 and tau^2 restores it. Here the "logits" are cosines divided
 by tau < 1 (0.1, as the InfoNCE's temperature): d L_KD / d S_d[i, j] = (p_student - p_teacher) / tau,
 the same scale as the InfoNCE's (p - onehot) / temperature. A tau^2 factor would shrink the taught
 term 100-fold at tau = 0.1 and alpha would only slow the contrastive training down (DECISIONS D25).
-The mse term is on the same 1/tau scale (squared error of the logits the softmax would see).
+The mse term is on the cosines themselves: scaled by 1/tau^2 (the squared error of the logits) it
+swamped the InfoNCE from the first step: the shipped base, never trained as an embedder, scores
+every query-target pair at cosine 0.76 (std 0.06) where the teacher scores non-matching pairs at
+0.00, ((0.76 - 0) / 0.1)^2 = 58 per entry; on mrl-distill that student collapsed to chance (t2i
+R@1 0.002 at alpha 0.5, 0.014 at alpha 0.1; DECISIONS D25).
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ def kd_term(student: torch.Tensor, teacher: torch.Tensor, kind: str, tau: float)
     if kind == "kl":
         target = F.log_softmax(teacher / tau, dim=-1)
         return F.kl_div(F.log_softmax(student / tau, dim=-1), target, log_target=True, reduction="batchmean")
-    return ((student - teacher) / tau).pow(2).mean()
+    return (student - teacher).pow(2).mean()  # cosines, unscaled: tau does not enter (module docstring)
 
 
 def distillation_loss(queries: torch.Tensor, targets: torch.Tensor, teacher: TeacherBatch,

@@ -139,7 +139,7 @@ class MRL(Objective):
         if options.teacher:
             self.teacher = Teacher.resolve(options, self.recipe.eval.batch_size)
         if options.untaught_run:
-            untaught_metrics(options.untaught_run, [])
+            untaught_metrics(options.untaught_run)
 
     def reference_rows(self, test: list, device: str) -> dict:
         """The report's teacher row (the teacher embedding the test split as it embeds) and the
@@ -151,12 +151,15 @@ class MRL(Objective):
             dims = [d for d in self.options.dims if d <= hidden_size(model)] if self.options.dims else ()
             evaluator = RetrievalEvaluator(self.teacher.processor, self.teacher.settings, tuple(dims))
             rows["teacher"] = evaluator.evaluate(model, test, desc="teacher").metrics
+            if not self.distilling:  # only evaluated: its weights need not sit beside the student's
+                self.teacher.release()
         if self.options.untaught_run:
-            rows["untaught"] = untaught_metrics(self.options.untaught_run, [])
+            rows["untaught"] = untaught_metrics(self.options.untaught_run)
         return rows
 
     @property
     def distilling(self) -> bool:
+        """A teacher whose similarities are in the loss (alpha > 0), not only evaluated."""
         return self.teacher is not None and self.options.distillation_alpha > 0
 
     def load_data(self):
