@@ -103,6 +103,57 @@ def test_options_are_checked():
     assert load_recipe("mrl-distill").objective.options.distillation_alpha > 0  # parses without a teacher
 
 
+def _gather_worker(rank: int, world: int, port: int, tensors, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    queries, targets, t_queries, t_targets = tensors
+    batch = len(queries) // world
+    rows = slice(rank * batch, (rank + 1) * batch)
+
+    def local(q, t):  # this process's [positives, negatives]
+        return torch.cat([t[:len(q)][rows], t[len(q):][rows]])
+
+    q = queries[rows].clone().requires_grad_()
+    t = local(queries, targets).clone().requires_grad_()
+    loss = distillation_loss(q, t, TeacherBatch(t_queries[rows], local(t_queries, t_targets)), (4, 16), (1.0, 0.5),
+                             "kl", 0.1)
+    loss.backward()
+    mean = loss.detach().clone()
+    dist.all_reduce(mean)
+    out.put((rank, (mean / world).item(), (q.grad / world).tolist(), (t.grad / world).tolist()))  # DDP averages
+    dist.destroy_process_group()
+
+
+def test_teacher_rows_are_gathered_across_processes_like_the_students():
+    """2 gloo processes of 4 queries each == 1 process of 8: loss and gradients (the teacher's
+    candidates are gathered in the student's layout, [all positives, then all negatives])."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    gen = torch.Generator().manual_seed(3)
+    queries, targets = torch.randn(8, 16, generator=gen), torch.randn(16, 16, generator=gen)
+    norm = torch.nn.functional.normalize
+    t_queries, t_targets = norm(torch.randn(8, 24, generator=gen), dim=-1), norm(torch.randn(16, 24, generator=gen), dim=-1)
+    q, t = queries.clone().requires_grad_(), targets.clone().requires_grad_()
+    single = distillation_loss(q, t, TeacherBatch(t_queries, t_targets), (4, 16), (1.0, 0.5), "kl", 0.1)
+    single.backward()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_gather_worker, args=(2, port, (queries, targets, t_queries, t_targets), out), nprocs=2,
+                       join=True, start_method="spawn")
+    for rank, loss, q_grad, t_grad in sorted(out.get() for _ in range(2)):
+        q_grad, t_grad = torch.tensor(q_grad), torch.tensor(t_grad)
+        rows = slice(rank * 4, (rank + 1) * 4)
+        assert loss == pytest.approx(single.item(), rel=1e-5)
+        assert torch.allclose(q_grad, q.grad[rows], atol=1e-6)
+        assert torch.allclose(t_grad[:4], t.grad[:8][rows], atol=1e-6)  # positives
+        assert torch.allclose(t_grad[4:], t.grad[8:][rows], atol=1e-6)  # hard negatives
+
+
 # --- the teacher and its cache -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
