@@ -344,3 +344,12 @@ def test_mrl_distill_reports_teacher_untaught_and_distilled(tmp_path):
     report = (student / "results.md").read_text()
     for row in ("| teacher | 16 |", "| untaught student | 128 |", "| distilled student | 16 |"):
         assert row in report, row
+
+
+def test_a_4bit_teacher_encodes_frozen(random_tiny_dirs):
+    data = SyntheticRetrieval(4, "train", seed=2, num_hard_negatives=1)
+    teacher, cache = cached_teacher(random_tiny_dirs["qwen3_vl"], [data[i] for i in range(4)], teacher_4bit=True)
+    layer = teacher.model.model.language_model.layers[0].mlp.up_proj
+    assert type(layer).__name__ == "Linear4bit" and not teacher.model.training
+    rows = cache.lookup([data[i] for i in range(4)], 1)
+    assert rows.targets.shape == (8, 128) and torch.allclose(rows.targets.norm(dim=-1), torch.ones(8), atol=1e-4)
