@@ -88,7 +88,8 @@ if [[ -n "${PYTHON:-}" ]]; then PY="$PYTHON"
 elif [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"
 else PY="python3"; fi
 
-all_recipes() { local f; for f in "$RECIPE_DIR"/*.yaml; do basename "$f" .yaml; done; }
+# by name (mrl before mrl-distill, which learns from it), not by file name (mrl-distill.yaml < mrl.yaml)
+all_recipes() { local f; for f in "$RECIPE_DIR"/*.yaml; do basename "$f" .yaml; done | LC_ALL=C sort; }
 
 # resolve NAME -> "name|recipe argument" (the run directory name, and what --recipe gets)
 resolve() {
@@ -175,6 +176,19 @@ command_for() {  # index -> the train command, one word per line
   printf '%s\n' "$PY" "$ROOT/scripts/train_recipe.py" --recipe "${ARGS[$i]}" --output-dir "$SWEEP/${NAMES[$i]}"
   [[ -z "${GPUS_OF[$i]}" ]] || printf '%s\n' --gpu "${GPUS_OF[$i]}"
   ((${#EXTRA[@]} == 0)) || printf '%s\n' "${EXTRA[@]}"
+  teacher_for "$i"
+}
+
+# mrl-distill learns from a teacher: the sweep's own mrl run when it trains one first (`all`, which
+# runs mrl before mrl-distill), unless a teacher is named after --; otherwise name it yourself:
+#   scripts/run_recipes.sh mrl-distill -- --set objective.options.teacher=runs/<mrl run>/model
+teacher_for() {  # index -> "--set objective.options.teacher=SWEEP/mrl/model" when that applies
+  local i=$1 j arg
+  [[ "${NAMES[$i]}" == mrl-distill && "$MODE" != parallel ]] || return 0
+  for arg in "${EXTRA[@]}"; do [[ "$arg" != objective.options.teacher=* ]] || return 0; done
+  for ((j = 0; j < i; j++)); do
+    if [[ "${NAMES[$j]}" == mrl ]]; then printf '%s\n' --set "objective.options.teacher=$SWEEP/mrl/model"; return 0; fi
+  done
 }
 
 ENV_PREFIX=()

@@ -1,8 +1,24 @@
+import os
+
 import pytest
 
 from vlm_recipes.families import get_family
 from vlm_recipes.data.objects import MAX_PIXELS, MIN_PIXELS
 from vlm_recipes.models.tiny import build_tiny, save_checkpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dataset_cache(tmp_path_factory):
+    """Generated datasets are cached in a directory of this session (CLI subprocesses and notebook
+    kernels inherit it), never in the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("dataset-cache")
+    previous = os.environ.get("VLM_RECIPES_CACHE")
+    os.environ["VLM_RECIPES_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        del os.environ["VLM_RECIPES_CACHE"]
+    else:
+        os.environ["VLM_RECIPES_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

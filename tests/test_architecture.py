@@ -20,7 +20,7 @@ LAYERS = [
     {"evaluation"},
     {"objectives"},
     {"training"},
-    {"api"},
+    {"api", "benchmark"},
     {"cli", "__init__", "__main__"},
 ]
 

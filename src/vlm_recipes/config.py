@@ -334,8 +334,38 @@ class MRLOptions:
     """Longest embedding input in tokens; longer is an error, never truncated."""
     ema_decay: float = 0.0
     """> 0: keep an exponential moving average of the trainable weights and end training on it."""
+    teacher: str = ""
+    """Knowledge distillation (objectives/distillation.py): an embedder whose in-batch similarities the
+    student learns: a finished mrl run (its directory or its model/), a checkpoint directory or a hub
+    id. "" = none. Its pooling and instructions come from the run's config.yaml, or the teacher_* keys."""
+    teacher_pooling: Literal["last", "mean"] | None = None
+    """The teacher's pooling; None: its mrl run's own, else (a plain checkpoint) the student's `pooling`."""
+    teacher_query_instruction: str | None = None
+    """The teacher's query instruction; None: its mrl run's own, else the student's."""
+    teacher_target_instruction: str | None = None
+    """The teacher's target instruction; None: its mrl run's own, else the student's."""
+    teacher_4bit: bool = False
+    """Load the teacher's weights in 4-bit (bitsandbytes NF4) to save memory; it is never trained."""
+    distillation_alpha: float = 0.0
+    """Loss = (1 - alpha) x Matryoshka InfoNCE + alpha x distillation term; 0 = no distillation (a
+    `teacher` is then only evaluated, as a row of the report). A run with alpha > 0 and no `teacher`
+    fails before it starts (a shipped recipe cannot know where the user's teacher is, but must parse)."""
+    distillation_temperature: float | None = None
+    """tau of the `kl` term (both softmaxes; `mse` compares cosines and has none); None: the
+    temperature the teacher run was trained at, else the student's `temperature`."""
+    distillation_loss: Literal["kl", "mse"] = "kl"
+    """"kl": KL(teacher || student) of the in-batch similarity distributions; "mse": squared error of
+    the in-batch similarity matrices (objectives/distillation.py has the formulas)."""
+    untaught_run: str = ""
+    """A finished run of the same student trained without distillation (same recipe with
+    distillation_alpha=0): its test metrics become the report's "untaught student" row. "" = none."""
 
     def __post_init__(self):
+        if not 0 <= self.distillation_alpha <= 1:
+            raise InputError(f"objective.options.distillation_alpha={self.distillation_alpha}: must be in [0, 1]")
+        if self.distillation_temperature is not None and not 0 < self.distillation_temperature < math.inf:
+            raise InputError(f"objective.options.distillation_temperature={self.distillation_temperature}: "
+                             "must be positive (or null: the teacher's training temperature)")
         if self.temperature <= 0:
             raise InputError(f"objective.options.temperature={self.temperature}: must be positive")
         if any(d < 1 for d in self.dims):

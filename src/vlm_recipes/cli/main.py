@@ -21,6 +21,7 @@ COMMANDS = {
     "predict": ("vlm_recipes.cli.predict", [], "run a trained model on images and print its answers"),
     "evaluate": ("vlm_recipes.cli.evaluate", [], "evaluate a trained model on a dataset"),
     "export": ("vlm_recipes.cli.export", [], "merge a run's adapter into a plain checkpoint"),
+    "benchmark": ("vlm_recipes.cli.benchmark", [], "training, evaluation and encoding speed, side by side with TRL"),
     "build-base": ("vlm_recipes.cli.build_base", [], "build and pretrain the tiny base model(s) shipped in assets/"),
 }
 

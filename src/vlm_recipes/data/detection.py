@@ -20,12 +20,15 @@ import logging
 import random
 from dataclasses import dataclass
 from numbers import Real
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from ..boxes import Box, openfoodfacts_to_xyxy, validate_box
 from ..errors import InputError
+from . import synthetic
+from .cache import cached_dataset
 from .sources import Rows, decode_image, open_source, resolve_split, undecoded
 from .synthetic import CATEGORY, make_nutrition_dataset
 
@@ -62,7 +65,8 @@ def load_detection_splits(source: str, train_split: str = "train", test_split: s
         # subsampling, only faster
         n_train = min(num_train, max_train or num_train)
         n_test = min(num_test, max_test or num_test)
-        dd = make_nutrition_dataset(n_train=n_train, n_test=n_test, seed=seed, n_shifted=num_shifted)
+        arguments = dict(n_train=n_train, n_test=n_test, seed=seed, n_shifted=num_shifted)
+        dd = cached_dataset("nutrition", Path(synthetic.__file__), arguments, lambda: make_nutrition_dataset(**arguments))
         splits = undecoded(dd)
     else:
         splits = open_source(source).splits

@@ -125,7 +125,7 @@ class RetrievalEvaluator:
                 f"Text->{what} Recall@1 at the full dim {full}: {base[full]['recall@1']:.3f} (base) -> "
                 f"{tuned[full]['recall@1']:.3f} (fine-tuned); at dim {small} the fine-tuned model keeps "
                 f"{100 * keep:.0f}% of it.{order} Base model: `{metrics['base_model']}` ({metrics['family']}). "
-                f"Stages: {stages_line(metrics)}.\n\n"
+                f"Stages: {stages_line(metrics)}.\n\n{distillation_line(metrics)}"
                 f"## Text -> {what}\n\n{retrieval_table(metrics, forward)}\n\n"
                 f"## {what.capitalize()} -> text\n\n{retrieval_table(metrics, backward)}"
                 + (f"\n\n## Order test\n\n{order_table(metrics)}" if order else ""))
@@ -177,11 +177,39 @@ def encode_targets(model, processor, targets: list[Target], settings: EncodeSett
                   settings.target_instruction, settings)
 
 
+def report_rows(metrics: dict) -> list[tuple[str, str]]:
+    """(label, metrics.json key) of each model in the report: base, the teacher and the student
+    trained without it when distilling (`teacher`, `untaught`), fine-tuned."""
+    rows = [("base", "base"), ("teacher", "teacher"), ("untaught student", "untaught"),
+            ("distilled student" if "teacher" in metrics and "distillation" in metrics
+             and metrics["distillation"]["alpha"] > 0 else "fine-tuned", "finetuned")]
+    return [(label, key) for label, key in rows if key in metrics]
+
+
+def distillation_line(metrics: dict) -> str:
+    """One sentence: teacher, untaught and distilled student at the full and the smallest dim."""
+    if "teacher" not in metrics:
+        return ""
+    forward = directions_of(metrics["finetuned"])[0]
+    dims = list(metrics["finetuned"][forward])
+    parts = []
+    for dim in (dims[-1], dims[0]):
+        values = ", ".join(f"{label} {metrics[key][forward][dim]['recall@1']:.3f}"
+                           for label, key in report_rows(metrics) if key != "base" and dim in metrics[key][forward])
+        parts.append(f"dim {dim}: {values}")
+    kd = metrics.get("distillation", {})
+    what = "video" if forward == "t2v" else "image"
+    return (f"Distillation (alpha {kd.get('alpha')}, {kd.get('loss')}, tau {kd.get('temperature')}) from "
+            f"`{kd.get('teacher')}`, text->{what} Recall@1 at " + "; ".join(parts) + ".\n\n")
+
+
 def retrieval_table(metrics: dict, direction: str) -> str:
     dims = list(metrics["base"][direction])
     lines = ["| model | dim | " + " | ".join(METRIC_NAMES) + " |", "|" + "---|" * (len(METRIC_NAMES) + 2)]
-    for model, key in (("base", "base"), ("fine-tuned", "finetuned")):
+    for model, key in report_rows(metrics):
         for dim in dims:
+            if dim not in metrics[key][direction]:
+                continue  # a teacher with another hidden size is scored at its own dims
             row = metrics[key][direction][dim]
             lines.append(f"| {model} | {dim} | " + " | ".join(f"{row[m]:.3f}" for m in METRIC_NAMES) + " |")
     return "\n".join(lines)
@@ -198,12 +226,13 @@ def plot_recall_vs_dim(metrics: dict, path: Path) -> None:
     from .plots import plt
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for key, style in (("base", "--"), ("finetuned", "-")):
+    styles = {"base": "--", "teacher": ":", "untaught": "-.", "finetuned": "-"}
+    for label, key in report_rows(metrics):
         for direction, colour in zip(directions_of(metrics[key]), ("tab:blue", "tab:orange")):
             rows = metrics[key][direction]
-            dims = [int(d) for d in rows]
-            ax.plot(dims, [rows[d]["recall@1"] for d in rows], style, marker="o", color=colour,
-                    label=f"{'fine-tuned' if key == 'finetuned' else 'base'} {direction}")
+            ax.plot([int(d) for d in rows], [rows[d]["recall@1"] for d in rows], styles[key], marker="o",
+                    color=colour, label=f"{label} {direction}")
+    dims = [int(d) for d in metrics["finetuned"][directions_of(metrics["finetuned"])[0]]]
     ax.set_xscale("log", base=2)
     ax.set_xticks(dims, [str(d) for d in dims])
     ax.set(xlabel="embedding dim (Matryoshka prefix)", ylabel="Recall@1", ylim=(0, 1.02),

@@ -47,6 +47,15 @@ class Objective:
         """{"train": [...], "test": [...]}: the recipe's data as this objective's samples."""
         return load_splits(self.recipe.data, self.data_kind, self.recipe.seed)
 
+    def prepare_run(self, device: str) -> None:
+        """Hook after the data loads, before the run directory is made: check what else the run
+        needs, so that bad input fails in one line with nothing written (mrl: its teacher)."""
+
+    def reference_rows(self, test: list, device: str) -> dict:
+        """Models the report compares besides base and fine-tuned, as {name: test metrics} (mrl
+        distillation: "teacher", "untaught"); each becomes a top-level key of metrics.json. Default: none."""
+        return {}
+
     def samples_per_step(self, train: TrainConfig) -> int:
         """Training samples one optimizer step of one process consumes (before accumulation)."""
         return train.per_device_train_batch_size

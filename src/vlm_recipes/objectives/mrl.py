@@ -6,6 +6,8 @@ scoring TRUNCATED AND RE-NORMALISED embeddings. Under DDP, embeddings of every p
 gathered WITH gradients, and this process's queries are labelled `rank * local_batch + i`.
 With `grad_cache_chunk`, the step runs as GradCache (training/grad_cache.py) so the contrastive
 batch does not depend on memory (gradient accumulation would not add negatives).
+With `teacher` and `distillation_alpha`, a teacher embedder's in-batch similarities are taught too
+(objectives/distillation.py: the loss; models/teacher.py: the teacher and its cached embeddings).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from ..evaluation.retrieval import (RetrievalEvaluator, directions, encode_queri
                                    unique_targets)
 from ..models.distributed import rank_and_world
 from ..models.embedding import EncodeSettings, embed, hidden_size, kind_of, resolve_dims, tokenize, truncate
+from ..models.teacher import Teacher, TeacherBatch, TeacherCache, WithTeacher, untaught_metrics
 from .base import DropOnTrainEnd, Objective
+from .distillation import distillation_loss
 from .grad_cache import cached_step, split_rows
 
 SCALE_PARAM = "mrl_logit_scale"  # learnable log(1/temperature), lives on the model during training only
@@ -106,6 +110,13 @@ class MRLCollator:
         return {f"{prefix}_{key}": value for key, value in encoded.items()}
 
 
+def teacher_rows(inputs: dict) -> TeacherBatch | None:
+    """The teacher's cached rows of a batch (models.teacher.WithTeacher), if it carries them."""
+    if "teacher_queries" not in inputs:
+        return None
+    return TeacherBatch(inputs["teacher_queries"], inputs["teacher_targets"])
+
+
 def group_inputs(inputs: dict, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The model inputs of one group, and its images and videos per row ({"image": (rows,), "video": (rows,)})."""
     part = {key[len(prefix) + 1:]: value for key, value in inputs.items() if key.startswith(prefix + "_")}
@@ -121,6 +132,40 @@ class MRL(Objective):
     def __init__(self, recipe, processor, family, config=None):
         super().__init__(recipe, processor, family, config)
         self.collate = MRLCollator(processor, self.options, recipe.data.video)
+        self.teacher, self.teacher_cache = None, TeacherCache()
+
+    def prepare_run(self, device: str) -> None:
+        """The teacher and the untaught run are checked (no weights yet), before anything is written."""
+        options = self.options
+        if options.distillation_alpha > 0 and not options.teacher:
+            raise InputError(f"recipe {self.recipe.name}: objective.options.distillation_alpha="
+                             f"{options.distillation_alpha} distils from a teacher; name one with --set "
+                             "objective.options.teacher=runs/<a finished mrl run>/model")
+        if options.teacher:
+            self.teacher = Teacher.resolve(options, self.recipe.eval.batch_size)
+        if options.untaught_run:
+            untaught_metrics(options.untaught_run)
+
+    def reference_rows(self, test: list, device: str) -> dict:
+        """The report's teacher row (the teacher embedding the test split as it embeds) and the
+        untaught student's (from `untaught_run`), at the student's dims."""
+        rows = {}
+        if self.teacher is not None:
+            self.teacher.load(device)
+            model = self.teacher.model
+            dims = [d for d in self.options.dims if d <= hidden_size(model)] if self.options.dims else ()
+            evaluator = RetrievalEvaluator(self.teacher.processor, self.teacher.settings, tuple(dims))
+            rows["teacher"] = evaluator.evaluate(model, test, desc="teacher").metrics
+            if not self.distilling:  # only evaluated: its weights need not sit beside the student's
+                self.teacher.release()
+        if self.options.untaught_run:
+            rows["untaught"] = untaught_metrics(self.options.untaught_run)
+        return rows
+
+    @property
+    def distilling(self) -> bool:
+        """A teacher whose similarities are in the loss (alpha > 0), not only evaluated."""
+        return self.teacher is not None and self.options.distillation_alpha > 0
 
     def load_data(self):
         options = self.options
@@ -149,6 +194,11 @@ class MRL(Objective):
             trainer.train_dataset = mine_hard_negatives(trainer.model, self.processor, list(trainer.train_dataset),
                                                         options, trainer.args.per_device_train_batch_size,
                                                         self.recipe.data.video)
+        if self.distilling:  # after mining: the mined negatives are cached too
+            device = str(next(trainer.model.parameters()).device)
+            self.teacher_cache.fill_from(self.teacher, trainer.train_dataset, options.num_hard_negatives, device)
+            self.teacher.release()
+            trainer.data_collator = WithTeacher(trainer.data_collator, self.teacher_cache, options.num_hard_negatives)
         if options.learn_temperature:
             model = trainer.model
             device = next(model.parameters()).device
@@ -162,7 +212,7 @@ class MRL(Objective):
         queries, _ = group_inputs(inputs, "query")
         targets, _ = group_inputs(inputs, "target")
         pooling = self.options.pooling
-        return self.loss(model, embed(model, queries, pooling), embed(model, targets, pooling))
+        return self.loss(model, embed(model, queries, pooling), embed(model, targets, pooling), teacher_rows(inputs))
 
     def training_step(self, trainer, model, inputs, num_items_in_batch=None):
         chunk = self.options.grad_cache_chunk
@@ -177,10 +227,13 @@ class MRL(Objective):
             with trainer.compute_loss_context_manager():
                 return embed(model, rows, self.options.pooling)
 
-        return cached_step(encode_chunk, parts, lambda q, t: self.loss(model, q, t) * scale,
+        teacher = teacher_rows(inputs)
+        return cached_step(encode_chunk, parts, lambda q, t: self.loss(model, q, t, teacher) * scale,
                            trainer.accelerator.backward, lambda: trainer.accelerator.no_sync(model))
 
-    def loss(self, model, queries, targets) -> torch.Tensor:
+    def loss(self, model, queries, targets, teacher: TeacherBatch | None = None) -> torch.Tensor:
+        """The Matryoshka InfoNCE; with the teacher's rows of the batch, (1 - alpha) x it + alpha x
+        the distillation term (objectives/distillation.py)."""
         options = self.options
         model = getattr(model, "module", model)  # the DDP wrapper holds the model's config and temperature
         dims = resolve_dims(options.dims, hidden_size(model))
@@ -190,7 +243,19 @@ class MRL(Objective):
         learned = getattr(model, SCALE_PARAM, None)
         logit_scale = learned.clamp(max=math.log(MAX_LOGIT_SCALE)).exp() if learned is not None \
             else 1.0 / options.temperature
-        return matryoshka_info_nce(queries, targets, dims, weights, logit_scale, options.gather_across_processes)
+        contrastive = matryoshka_info_nce(queries, targets, dims, weights, logit_scale, options.gather_across_processes)
+        if teacher is None or options.distillation_alpha == 0:
+            return contrastive
+        taught = distillation_loss(queries, targets, teacher, dims, weights, options.distillation_loss,
+                                   self.distillation_temperature, options.gather_across_processes)
+        return (1 - options.distillation_alpha) * contrastive + options.distillation_alpha * taught
+
+    @property
+    def distillation_temperature(self) -> float:
+        """tau: the option, else the teacher run's training temperature, else the student's."""
+        options = self.options
+        teacher = self.teacher.temperature if self.teacher is not None else None
+        return options.distillation_temperature or teacher or options.temperature
 
     def every_step_sees_images(self, samples: list) -> bool:
         # GradCache replays query chunks (text only) after target chunks, each its own backward
@@ -201,7 +266,16 @@ class MRL(Objective):
         return RetrievalEvaluator(self.processor, settings, self.options.dims)
 
     def summary(self, model) -> dict:
-        return {"dims": list(resolve_dims(self.options.dims, hidden_size(model)))}
+        summary = {"dims": list(resolve_dims(self.options.dims, hidden_size(model)))}
+        if self.teacher is not None:
+            options = self.options
+            summary["distillation"] = {
+                "teacher": self.teacher.source, "alpha": options.distillation_alpha, "loss": options.distillation_loss,
+                "temperature": self.distillation_temperature, "teacher_pooling": self.teacher.settings.pooling,
+                "teacher_cache_seconds": round(self.teacher_cache.seconds, 1),
+                "teacher_cached_inputs": len(self.teacher_cache.queries) + len(self.teacher_cache.targets),
+                **({"untaught_run": options.untaught_run} if options.untaught_run else {})}
+        return summary
 
 
 def mine_hard_negatives(model, processor, samples: list[RetrievalSample], options: MRLOptions,

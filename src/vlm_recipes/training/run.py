@@ -66,6 +66,7 @@ def run_recipe(recipe: RecipeConfig, run_dir: Path, device: str = "cpu", report_
     objective = build_objective(recipe, base.processor, base.family)
     data = objective.load_data()
     check_validation_split(recipe, data["val"])
+    objective.prepare_run(device)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_status(run_dir, "running")
@@ -101,6 +102,8 @@ def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_t
         with phase("base evaluation"):
             base_eval, base_shifted = evaluate_test_splits(evaluator, model, data, "base model")
         write_json(run_dir / BASE_EVAL_FILE, {**dataclasses.asdict(base_eval), "shifted": base_shifted})
+    with phase("reference evaluation"):
+        references = objective.reference_rows(data["test"], device)  # mrl distillation: teacher, untaught
     finished = read_json(run_dir / PROGRESS_FILE, []) if resume else []
     stages_info, source = [], base.path
     start = time.time()
@@ -136,7 +139,7 @@ def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_t
     stages_info = [{k: v for k, v in info.items() if k not in ("log", "test", "shifted")} for info in stages_info]
     metrics = {"recipe": recipe.name, **objective.summary(model), "objective": objective.name,
                "family": base.family.name, "base_model": base.path,
-               "base": base_eval.metrics, "finetuned": final_eval.metrics, "by_stage": by_stage,
+               "base": base_eval.metrics, **references, "finetuned": final_eval.metrics, "by_stage": by_stage,
                **({"shifted": shifted} if "shifted" in data else {}),
                "train_seconds": round(train_seconds, 1),
                "trainable_params": max(s["trainable_params"] for s in stages_info), "stages": stages_info}

@@ -186,12 +186,13 @@ def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bo
 
 def train_stage(model, stage: StageConfig, objective, train_data: list, output_dir: Path,
                 seed: int, bf16: bool, use_cpu: bool, report_to: list[str], resume: bool = False,
-                validation: Validation | None = None) -> list[dict]:
+                validation: Validation | None = None, extra_callbacks: list[TrainerCallback] = ()) -> list[dict]:
     """Train `model` in place for one stage with `objective` (its collate, loss, step hooks),
     validated with `validation` if given (with `load_best_at_end`, `model` ends as the best
     checkpoint); returns the trainer's log history. `resume`: continue from the latest checkpoint in
     `output_dir` (weights, optimizer, scheduler, RNG, data order), if there is one. Raises
-    `Interrupted` after saving a checkpoint when a signal stopped it."""
+    `Interrupted` after saving a checkpoint when a signal stopped it. `extra_callbacks`: more Trainer
+    callbacks (the benchmark's step clock)."""
     steps = total_steps(stage.train, len(train_data), objective.samples_per_step(stage.train))
     train = dataclasses.replace(stage.train, logging_steps=min(stage.train.logging_steps, max(1, steps // LOSS_POINTS)))
     args = training_arguments(train, output_dir, seed, bf16, use_cpu, report_to,
@@ -201,7 +202,7 @@ def train_stage(model, stage: StageConfig, objective, train_data: list, output_d
         model.enable_input_require_grads()  # frozen embeddings + checkpointing need grads on inputs
     trainer = trainer_class_for(objective)(
         model=model, args=args, objective=objective, validation=validation,
-        callbacks=stage_callbacks(stage, validation, objective.loss_is_positive),
+        callbacks=stage_callbacks(stage, validation, objective.loss_is_positive) + list(extra_callbacks),
         **objective.trainer_inputs(train_data, validation.samples if validation else []))
     checkpoint = latest_checkpoint(output_dir) if resume else None
     with training_phase():
