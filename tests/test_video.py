@@ -7,7 +7,6 @@ trains the shipped tiny base on synthetic-video through the real CLI.
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import numpy as np
@@ -23,8 +22,10 @@ from vlm_recipes.data.video import Clip, read_video, sample_indices, write_video
 from vlm_recipes.errors import InputError
 from vlm_recipes.evaluation.retrieval import order_by_dim
 from vlm_recipes.models.embedding import EncodeSettings, embed, tokenize
-from vlm_recipes.objectives.grad_cache import cached_step, split_rows
+from vlm_recipes.objectives.grad_cache import split_rows
 from vlm_recipes.objectives.mrl import MRLCollator, group_inputs, matryoshka_info_nce
+
+from grad_checks import assert_same_gradients, cached_loss, grads
 
 FOUR = VideoConfig(num_frames=4, max_frames=8)
 
@@ -208,21 +209,15 @@ def test_grad_cache_matches_plain_backward_with_video_rows(tiny):
     model.zero_grad()
     plain = matryoshka_info_nce(embed(model, queries, "last"), embed(model, targets, "last"), dims, weights, 10.0)
     plain.backward()
-    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    plain_grads = grads(model)
     model.zero_grad()
-    parts = [split_rows(*group_inputs(batch, prefix), 2) for prefix in ("query", "target")]  # video rows split
-    cached = cached_step(lambda c: embed(model, c, "last"), parts,
-                         lambda q, t: matryoshka_info_nce(q, t, dims, weights, 10.0), lambda loss: loss.backward(),
-                         contextlib.nullcontext)
-    cached_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    # video rows split in chunks of 2
+    cached = cached_loss(model, batch, lambda q, t: matryoshka_info_nce(q, t, dims, weights, 10.0), chunk=2)
+    cached_grads = grads(model)
     model.zero_grad()
     model.eval()
-    assert cached.item() == pytest.approx(plain.item(), rel=1e-5)
-    assert plain_grads.keys() == cached_grads.keys()
     assert "model.visual.patch_embed.proj.weight" in plain_grads  # the video frames' gradient is compared too
-    for name, grad in plain_grads.items():
-        error = (cached_grads[name] - grad).abs().max()
-        assert error <= 1e-4 * grad.abs().max() + 1e-8, (name, error.item())
+    assert_same_gradients(plain, cached, plain_grads, cached_grads)
 
 
 def test_mining_ranks_video_targets(tiny):
