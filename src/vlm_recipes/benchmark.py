@@ -276,10 +276,12 @@ def probe_memory(trainer: str, recipe_name: str, overrides: list[str], steps: in
 
 def with_steps(recipe: RecipeConfig, steps: int) -> RecipeConfig:
     """The recipe's first stage alone, for `steps` steps, logging every step, no validation or
-    checkpoints in the timed loop."""
+    checkpoints in the timed loop, and only the training rows those steps use generated (generated
+    row i does not depend on the count)."""
     stage = recipe.stages[0]
     train = dataclasses.replace(stage.train, max_steps=steps, logging_steps=1, save_steps=10**9)
-    data = dataclasses.replace(recipe.data, num_val=0)
+    used = steps * stage.train.per_device_train_batch_size
+    data = dataclasses.replace(recipe.data, num_val=0, num_train=min(recipe.data.num_train, used))
     return dataclasses.replace(recipe, data=data, stages=(dataclasses.replace(stage, train=train),))
 
 

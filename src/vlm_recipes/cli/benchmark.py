@@ -78,7 +78,8 @@ def run(args) -> int:
                              "TRL's SFTTrainer needs an SFT recipe (r1-llm-only ... r4-joint)")
         result["train"][name] = bench.benchmark_training(name, overrides, args.steps, args.repeats, args.device,
                                                          args.warmup, trl_defaults_row=not args.smoke)
-    eval_recipe = load_recipe("r4-joint", recipe_overrides(args, "r4-joint") + [f"data.num_test={args.eval_images}"])
+    eval_recipe = load_recipe("r4-joint", recipe_overrides(args, "r4-joint")
+                              + [f"data.num_test={args.eval_images}", "data.num_train=1"])  # test rows only
     result["eval"] = bench.benchmark_evaluation(eval_recipe, args.eval_images, args.device, args.repeats)
     result["encode"] = bench.benchmark_encoding(args.encode_images, args.device, args.repeats, args.model)
     first = next(iter(result["train"].values()), None)
