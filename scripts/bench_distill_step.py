@@ -14,14 +14,12 @@ import argparse
 import statistics
 import time
 
-import torch
-
 
 def main(argv: list[str] | None = None) -> int:
     from vlm_recipes.config import load_recipe
     from vlm_recipes.data.retrieval import SyntheticRetrieval
     from vlm_recipes.models.loading import apply_stage, load_model, open_base
-    from vlm_recipes.models.teacher import Teacher, WithTeacher
+    from vlm_recipes.models.teacher import WithTeacher
     from vlm_recipes.objectives import build_objective
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

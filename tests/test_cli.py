@@ -33,6 +33,10 @@ def _assert_not_complete(run_dir: Path):
     (["--recipe", "r4-joint", "--dataset", "/no/such/dataset"], "/no/such/dataset"),
     (["--recipe", "r4-joint", "--family", "llama"], "unknown model family 'llama'"),
     ([], "--recipe is required"),
+    (["--recipe", "r2-vision-only", "--gpu", "cpu", "--nproc", "2", "--accelerate-config",
+      str(ROOT / "configs" / "accelerate" / "fsdp.yaml")], "accelerate runs FSDP and DeepSpeed on GPUs only"),
+    (["--recipe", "r2-vision-only", "--gpu", "cpu", "--accelerate-config", "/no/fsdp.yaml"],
+     "--accelerate-config /no/fsdp.yaml: no such file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, needle):
     run_dir = tmp_path / "run"

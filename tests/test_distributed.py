@@ -152,16 +152,14 @@ def test_two_processes_train_and_evaluate_like_one_with_the_same_global_batch(tw
 
 # --- launch settings: strategies, slurm --------------------------------------------------------
 
-@pytest.mark.parametrize("env", [{"ACCELERATE_USE_FSDP": "true"},
-                                 {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}])
-def test_sharded_weights_strategies_fail_with_one_line(monkeypatch, capsys, tmp_path, env):
+def test_zero3_fails_with_one_line(monkeypatch, capsys, tmp_path):
     from vlm_recipes.cli.train import main
 
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
     assert main(["--recipe", "r2-vision-only", "--gpu", "cpu", "--output-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "shards the weights" in err and "ddp.yaml" in err
+    assert err.count("\n") == 0 and "zero3 shards the weights" in err and "fsdp.yaml" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", choices=["data", "model"], default="data",
                    help="several GPUs: 'data' (default) one process and whole model per GPU; 'model' one "
                    "process, the model spread over the GPUs (device_map=balanced) for a model too big for one")
+    p.add_argument("--accelerate-config", type=Path, metavar="FILE",
+                   help="several GPUs: start the data-parallel processes with this accelerate config, e.g. "
+                   "configs/accelerate/fsdp.yaml (FSDP2) or zero2.yaml; default: plain DDP")
     p.add_argument("--model", help="base model: 'tiny' (shipped), a hub id or a local checkpoint dir")
     p.add_argument("--family", help="qwen2-vl | qwen2.5-vl | qwen3-vl: which tiny base / box format")
     p.add_argument("--dataset", help="'synthetic', a hub id, a saved datasets dir or parquet file(s)")
@@ -145,23 +148,41 @@ def launch_strategy() -> str:
 
 def check_strategy(recipe=None) -> None:
     """Fail with one line where the launch strategy cannot run the recipe (README "Several GPUs and
-    nodes", DECISIONS D20). Called first without the recipe: a sharded-weights launch is refused
-    before the recipe loads (loading builds TrainingArguments, which set DeepSpeed/FSDP up)."""
+    nodes", DECISIONS D20, D27). Called first without the recipe: a refused launch fails before the
+    recipe loads (loading builds TrainingArguments, which set DeepSpeed/FSDP up)."""
     strategy = launch_strategy()
-    if strategy in ("fsdp", "zero3"):
-        raise InputError(f"{strategy} shards the weights across the processes, but a run evaluates, merges and saves "
-                         "the trained model inside every process, where it would hold one shard: launch with "
-                         "configs/accelerate/ddp.yaml or zero2.yaml (or --parallel model for a model that does not "
-                         "fit one GPU)")
+    if strategy == "zero3":
+        raise InputError("zero3 shards the weights, and a run evaluates and saves the whole model in every process, "
+                         "which under DeepSpeed would need its parameter gathering (not built): launch with "
+                         "configs/accelerate/fsdp.yaml (the same sharding, supported), zero2.yaml or ddp.yaml")
+    if strategy == "fsdp" and recipe is not None and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING") == "true":
+        grpo = [s.name for s in recipe.stages if recipe.objective_for(s).name == "grpo"]
+        if grpo:
+            raise InputError(f"stage {grpo[0]!r} (GRPO) with fsdp_cpu_ram_efficient_loading: true: TRL then builds its "
+                             "reference adapter on the meta device outside the main process; set "
+                             "fsdp_cpu_ram_efficient_loading: false (configs/accelerate/fsdp.yaml does)")
     if strategy == "zero2" and recipe is not None and getattr(recipe.objective.options, "grad_cache_chunk", 0) > 0:
         raise InputError("zero2: DeepSpeed steps the optimizer inside every backward, and GradCache "
                          "(objective.options.grad_cache_chunk) runs several backward passes a step: use "
-                         "configs/accelerate/ddp.yaml, or grad_cache_chunk=0")
+                         "configs/accelerate/ddp.yaml or fsdp.yaml, or grad_cache_chunk=0")
 
 
-def launch_data_parallel(argv: list[str], nproc: int, run_dir: Path, device: str) -> int:
+def check_accelerate_config(config: Path | None, device: str, nproc: int) -> None:
+    if config is None:
+        return
+    if not config.is_file():
+        raise InputError(f"--accelerate-config {config}: no such file; use one of configs/accelerate/*.yaml")
+    if device == "cpu":
+        raise InputError(f"--accelerate-config {config} with --gpu cpu: accelerate runs FSDP and DeepSpeed on GPUs only "
+                         "(a CPU launch would silently be plain data parallel); drop the flag")
+    if nproc < 2:
+        raise InputError(f"--accelerate-config {config}: one process; list several GPUs with --gpu, e.g. --gpu 0,1")
+
+
+def launch_data_parallel(argv: list[str], nproc: int, run_dir: Path, device: str, config: Path | None = None) -> int:
     """Run this command again as `nproc` data-parallel processes through accelerate's launcher
-    (torchrun underneath); returns their exit code. The processes print their own one-line error."""
+    (torchrun underneath), plain DDP or as `config` (an accelerate config file) says; returns their
+    exit code. The processes print their own one-line error."""
     import logging
     import socket
 
@@ -173,10 +194,11 @@ def launch_data_parallel(argv: list[str], nproc: int, run_dir: Path, device: str
         port = sock.getsockname()[1]
     if device == "cpu":  # torchrun would give each process 1 thread; share the cores instead
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # plain DDP: the recipe decides the precision (Trainer passes it on); a config file says its own
+    strategy = ["--config_file", str(config)] if config else ["--multi_gpu", "--mixed_precision", "no"]
     launch = launch_command_parser().parse_args(
-        ["--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(port), "--module", "vlm_recipes.cli.train",
-         *argv, "--output-dir", str(run_dir)])
+        [*strategy, "--num_processes", str(nproc), "--num_machines", "1", "--dynamo_backend", "no",
+         "--main_process_port", str(port), "--module", "vlm_recipes.cli.train", *argv, "--output-dir", str(run_dir)])
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the children said why
     try:
         launch_command(launch)
@@ -302,11 +324,13 @@ def train(args: argparse.Namespace, argv: list[str]):
         raise InputError(f"--resume {run_dir}: not a run directory (no config.yaml): nothing to resume")
     recipe = load_recipe(str(run_dir / "config.yaml")) if resume else load_recipe(args.recipe, recipe_overrides(args))
     check_strategy(recipe)
+    if not launched():
+        check_accelerate_config(args.accelerate_config, device, nproc)
     if nproc > 1:  # bad input has failed above, in this one process, before any launch
         with claimed_output_dir(run_dir, recipe.name, args.overwrite, resume) as run_dir:
             os.environ[CLAIMED_BY_LAUNCHER] = str(run_dir)  # the processes inherit the claim
             try:
-                return launch_data_parallel(argv, nproc, run_dir, device)
+                return launch_data_parallel(argv, nproc, run_dir, device, args.accelerate_config)
             finally:  # this process may start other runs (tests, notebooks): the claim ends here
                 del os.environ[CLAIMED_BY_LAUNCHER]
     with run_directory(run_dir, recipe.name, args.overwrite, resume) as run_dir:

@@ -36,7 +36,9 @@ def _generate(model, processor, images, prompts, max_new_tokens: int, output_sco
     was_training = model.training
     model.eval()
     tokenizer = processor.tokenizer
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+    # synced_gpus=False: every process holds the whole model (gathered under FSDP) and generates its own
+    # share, so none waits for the others each token (transformers' default under FSDP is to wait)
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True, synced_gpus=False,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                          output_scores=output_scores, return_dict_in_generate=True)
     model.train(was_training)

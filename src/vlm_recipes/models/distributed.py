@@ -9,7 +9,8 @@ WORLD_SIZE / RANK / LOCAL_RANK; the process group is opened once by accelerate's
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,13 @@ T = TypeVar("T")
 def launched() -> bool:
     """Started as one of several processes by torchrun / accelerate (before the group is opened)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def fsdp_checkpoints_activations() -> bool:
+    """accelerate launched FSDP with its own activation checkpointing (configs/accelerate/fsdp.yaml);
+    Trainer refuses a second one, so a stage's gradient_checkpointing defers to it."""
+    return (os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+            and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() == "true")
 
 
 def init_processes(device: str) -> None:
@@ -53,6 +61,65 @@ def local_device(device: str) -> str:
 def barrier() -> None:
     if rank_and_world()[1] > 1:
         dist.barrier()
+
+
+def fsdp_units(model) -> list:
+    """The modules FSDP2 (`fully_shard`, as accelerate's fsdp.yaml applies it) shards in `model`;
+    empty for a plain or DDP model."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return [module for module in model.modules() if isinstance(module, FSDPModule)]
+
+
+def gather_full_weights(model) -> tuple[list[bool], dict]:
+    """Make every process hold the whole of `model`, as under DDP: under FSDP each unit's shards are
+    gathered once and stay gathered across forwards, so a process can evaluate its own share of the
+    items (however many forwards that takes: no collective runs per forward), merge LoRA or save.
+    Returns what `full_weights` restores: whether each unit resharded after its forward, and the
+    methods set aside. A no-op without FSDP (DECISIONS D27)."""
+    units = fsdp_units(model)
+    groups = [unit._get_fsdp_state()._fsdp_param_group for unit in units]  # None: a unit with no weights of its own
+    resharded = [group is not None and group._reshard_after_forward for group in groups]
+    for unit in units:
+        unit.unshard()
+        unit.set_reshard_after_forward(False, recurse=False)
+    # Trainer registers `generate` as an FSDP forward method; its post-hook runs after the nested
+    # forwards and puts the root's shards back, so the next batch would all-gather alone and hang
+    hooked = {name: method for name, method in vars(model).items() if hasattr(method, "__wrapped__")} if units else {}
+    for name in hooked:
+        delattr(model, name)
+    return resharded, hooked
+
+
+@contextmanager
+def full_weights(model) -> Iterator[None]:
+    """`gather_full_weights` for the block (validation while training); the shards come back after."""
+    resharded, hooked = gather_full_weights(model)
+    try:
+        yield
+    finally:
+        for unit, reshard in zip(fsdp_units(model), resharded):
+            unit.reshard()
+            unit.set_reshard_after_forward(reshard, recurse=False)
+        for name, method in hooked.items():
+            setattr(model, name, method)
+
+
+def whole_state_dict(model) -> dict | None:
+    """What `save_pretrained` should save: under FSDP, once `gather_full_weights` ran, the whole
+    weights each process now holds (merged LoRA included), read without `state_dict()`, whose FSDP
+    hooks would put the shards back; named as the model without FSDP names them (FSDP's activation
+    checkpointing wraps layers under an extra name). None without FSDP (the model saves its own)."""
+    if not fsdp_units(model):
+        return None
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_PREFIX
+
+    state = {name: param.detach() for name, param in model.named_parameters()}
+    for prefix, module in model.named_modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer is not None and name not in module._non_persistent_buffers_set:
+                state[f"{prefix}.{name}" if prefix else name] = buffer
+    return {name.replace(_CHECKPOINT_PREFIX, ""): tensor for name, tensor in state.items()}
 
 
 def _all_gather(obj) -> list:

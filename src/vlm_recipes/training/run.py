@@ -34,7 +34,7 @@ from transformers import set_seed
 from ..config import InputError, RecipeConfig, StageConfig, to_dict
 from ..evaluation.plots import plot_loss, plot_rewards, plot_validation
 from ..evaluation.result import EvalResult, flatten
-from ..models.distributed import barrier, is_main_process
+from ..models.distributed import barrier, is_main_process, whole_state_dict
 from ..models.loading import apply_stage, load_model, open_base, trainable_report
 from ..objectives import build_objective
 from .preemption import Interrupted, send_test_signal
@@ -251,12 +251,13 @@ def save_stage_output(model, processor, stage: StageConfig, path: Path, merge: b
     """Save weights (LoRA adapter, or full model) and processor. A stage that feeds another is
     saved merged, as a plain checkpoint the next stage loads like any base. Every process merges
     (each goes on with its copy); the main process writes, and the others wait until it has, since
-    the next stage loads from `path`."""
+    the next stage loads from `path`. Under FSDP every process helps gather the weights to save."""
     if merge and stage.lora.targets != "none":
         model = model.merge_and_unload()
+    state = whole_state_dict(model)
     if is_main_process():
         path.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(path)
+        model.save_pretrained(path, state_dict=state)
         processor.save_pretrained(path)
     barrier()
     return model

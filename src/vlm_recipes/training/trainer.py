@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from ..config import StageConfig, TrainConfig, TrainingDiverged
 from ..errors import InputError
 from ..evaluation.result import flatten, pick_metric
-from ..models.distributed import launched
+from ..models.distributed import fsdp_checkpoints_activations, full_weights, gather_full_weights, launched
 from ..models.loading import part_of
 from .preemption import Interrupted, StopOnSignal, stop_requested, training_phase
 
@@ -51,8 +52,9 @@ class RecipeHooks:
         on the validation split, instead of Trainer's loss-only loop. Trainer's schedule, best-model
         tracking, early stopping and loggers (TensorBoard, W&B) take it as they would its own."""
         validation = self.validation
-        result = validation.evaluator.evaluate(self.model, validation.samples,
-                                               desc=f"validation, step {self.state.global_step}")
+        with full_weights(self.model):  # FSDP: each process evaluates its own share on the whole model
+            result = validation.evaluator.evaluate(self.model, validation.samples,
+                                                   desc=f"validation, step {self.state.global_step}")
         try:
             chosen = pick_metric(result.metrics, validation.metric)
         except KeyError as err:
@@ -162,7 +164,8 @@ def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bo
         weight_decay=train.weight_decay,
         lr_scheduler_type=train.lr_scheduler_type,
         max_grad_norm=train.max_grad_norm,
-        activation_checkpointing=train.gradient_checkpointing,  # transformers 5 name for it
+        # transformers 5 name for it; under FSDP's own activation checkpointing that one does it
+        activation_checkpointing=train.gradient_checkpointing and not fsdp_checkpoints_activations(),
         logging_steps=train.logging_steps,
         logging_nan_inf_filter=False,  # the guard must see NaN, not a filtered value
         save_strategy="steps",  # checkpoints for --resume; the run saves its final model itself
@@ -192,7 +195,8 @@ def train_stage(model, stage: StageConfig, objective, train_data: list, output_d
     checkpoint); returns the trainer's log history. `resume`: continue from the latest checkpoint in
     `output_dir` (weights, optimizer, scheduler, RNG, data order), if there is one. Raises
     `Interrupted` after saving a checkpoint when a signal stopped it. `extra_callbacks`: more Trainer
-    callbacks (the benchmark's step clock)."""
+    callbacks (the benchmark's step clock). Under FSDP `model` ends whole in every process (its
+    shards gathered), so that the run evaluates, merges and saves it as under DDP."""
     steps = total_steps(stage.train, len(train_data), objective.samples_per_step(stage.train))
     train = dataclasses.replace(stage.train, logging_steps=min(stage.train.logging_steps, max(1, steps // LOSS_POINTS)))
     args = training_arguments(train, output_dir, seed, bf16, use_cpu, report_to,
@@ -205,11 +209,28 @@ def train_stage(model, stage: StageConfig, objective, train_data: list, output_d
         callbacks=stage_callbacks(stage, validation, objective.loss_is_positive) + list(extra_callbacks),
         **objective.trainer_inputs(train_data, validation.samples if validation else []))
     checkpoint = latest_checkpoint(output_dir) if resume else None
-    with training_phase():
+    with training_phase(), without_kv_cache(model):
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stop_requested() is not None:
         raise Interrupted(stop_requested(), stage.name, trainer.state.global_step)
+    gather_full_weights(trainer.model)
     return trainer.state.log_history
+
+
+@contextmanager
+def without_kv_cache(model):
+    """Training forwards build no KV cache (generation asks for one itself): a layer recomputed by
+    FSDP's activation checkpointing would otherwise append its keys to the cache a second time."""
+    config = getattr(model, "config", None)  # None: a plain torch module (tests)
+    configs = list({id(c): c for c in (config, config.get_text_config())}.values()) if config else []
+    saved = [getattr(config, "use_cache", None) for config in configs]
+    for config in configs:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        for config, value in zip(configs, saved):
+            config.use_cache = value
 
 
 def total_steps(train: TrainConfig, num_samples: int, batch_size: int | None = None) -> int:
