@@ -32,6 +32,8 @@ OTHERS = {
     "mrl": ["--set", "objective.options.hard_negatives=mined", "--set", "data.num_test=11"],
     # video rows: negatives gathered across the processes and mined from video targets
     "mrl-video": ["--set", "objective.options.hard_negatives=mined", "--set", "data.num_test=11"],
+    # TRL's GRPOTrainer under DDP, on the merged SFT stage (samples per process: completes, writes once)
+    "r5-sft-grpo": ["--set", "stages.1.train.max_steps=1", "--set", "data.num_shifted=4"],
 }
 
 

@@ -196,6 +196,10 @@ def test_the_saved_model_scores_what_the_run_evaluated(fsdp_runs):
     finally:
         torch.set_num_threads(threads)
     assert scored["metrics"] == _json(root / "r2" / "metrics.json")["finetuned"]
+    from safetensors import safe_open
+
+    with safe_open(str(root / "r2" / "model" / "model.safetensors"), "pt") as saved:
+        assert "lm_head.weight" not in saved.keys()  # tied to the embeddings: saved once, as without FSDP
 
 
 def test_validation_and_resume_under_fsdp_match_one_process(fsdp_runs, tmp_path):

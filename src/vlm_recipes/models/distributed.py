@@ -119,7 +119,10 @@ def whole_state_dict(model) -> dict | None:
         for name, buffer in module.named_buffers(recurse=False):
             if buffer is not None and name not in module._non_persistent_buffers_set:
                 state[f"{prefix}.{name}" if prefix else name] = buffer
-    return {name.replace(_CHECKPOINT_PREFIX, ""): tensor for name, tensor in state.items()}
+    state = {name.replace(_CHECKPOINT_PREFIX, ""): tensor for name, tensor in state.items()}
+    # gathered, tied weights (lm_head = embeddings) are two tensors: keep one, as the model saves it
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    return {name: tensor for name, tensor in state.items() if not (name in tied and tied[name] in state)}
 
 
 def _all_gather(obj) -> list:
