@@ -136,20 +136,12 @@ def process_count(args: argparse.Namespace, device: str) -> int:
     return gpus
 
 
-def launch_strategy() -> str:
-    """The strategy accelerate launched this process with (it exports it to the processes):
-    ddp (also torchrun, or one process), fsdp, zero2 or zero3."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        return "fsdp"
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        return f"zero{os.environ.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '2')}"
-    return "ddp"
-
-
 def check_strategy(recipe=None) -> None:
     """Fail with one line where the launch strategy cannot run the recipe (README "Several GPUs and
     nodes", DECISIONS D20, D27). Called first without the recipe: a refused launch fails before the
     recipe loads (loading builds TrainingArguments, which set DeepSpeed/FSDP up)."""
+    from ..models.distributed import launch_strategy
+
     strategy = launch_strategy()
     if strategy == "zero3":
         raise InputError("zero3 shards the weights, and a run evaluates and saves the whole model in every process, "

@@ -23,11 +23,20 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launch_strategy() -> str:
+    """The strategy accelerate launched this process with (it exports it to the processes):
+    ddp (also torchrun, or one process), fsdp, zero2 or zero3."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "fsdp"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return f"zero{os.environ.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '2')}"
+    return "ddp"
+
+
 def fsdp_checkpoints_activations() -> bool:
     """accelerate launched FSDP with its own activation checkpointing (configs/accelerate/fsdp.yaml);
     Trainer refuses a second one, so a stage's gradient_checkpointing defers to it."""
-    return (os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-            and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() == "true")
+    return launch_strategy() == "fsdp" and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() == "true"
 
 
 def init_processes(device: str) -> None:

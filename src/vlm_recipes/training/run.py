@@ -251,13 +251,13 @@ def save_stage_output(model, processor, stage: StageConfig, path: Path, merge: b
     """Save weights (LoRA adapter, or full model) and processor. A stage that feeds another is
     saved merged, as a plain checkpoint the next stage loads like any base. Every process merges
     (each goes on with its copy); the main process writes, and the others wait until it has, since
-    the next stage loads from `path`. Under FSDP every process helps gather the weights to save."""
+    the next stage loads from `path`. Under FSDP the weights were gathered when training ended, and
+    the save reads them as they are (`whole_state_dict`)."""
     if merge and stage.lora.targets != "none":
         model = model.merge_and_unload()
-    state = whole_state_dict(model)
     if is_main_process():
         path.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(path, state_dict=state)
+        model.save_pretrained(path, state_dict=whole_state_dict(model))
         processor.save_pretrained(path)
     barrier()
     return model
