@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,39 @@ def _argv(recipe: str, extra: list[str], batch: int, out: Path) -> list[str]:
             "--output-dir", str(out)]
 
 
+@contextmanager
+def one_thread():
+    """As each of the launched processes: the same kernels, so evaluation is bit-identical."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def one_process(recipe: str, extra: list[str], out: Path) -> Path:
+    """`recipe` run by this one process at per-device batch 8 (the 2 processes' global batch), into `out`."""
+    from vlm_recipes.cli.train import main
+
+    with one_thread():
+        assert main(_argv(recipe, extra, 8, out)) == 0
+    return out
+
+
+def refused(monkeypatch, capsys, tmp_path, env: dict[str, str], recipe: str) -> str:
+    """The CLI under launch environment `env` refuses `recipe`: exit 2 and no run directory; returns
+    its one stderr line."""
+    from vlm_recipes.cli.train import main
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["--recipe", recipe, "--gpu", "cpu", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and not (tmp_path / "run").exists()
+    return err
+
+
 # --- shard / gather, no processes ------------------------------------------------------------
 
 @pytest.mark.parametrize("world", [1, 2, 3])
@@ -68,10 +102,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, runs: list[list[str]], out):
+def become_launched_process(rank: int, world: int, port: int) -> None:
+    """Set this spawned process up as torchrun would start it: its rank's variables, one thread."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, world: int, port: int, runs: list[list[str]], out):
+    become_launched_process(rank, world, port)
     from vlm_recipes.cli.train import main
 
     writes = []  # the files this process writes (JSON, config.yaml, results.md): none off the main process
@@ -134,16 +173,8 @@ def test_every_recipe_runs_and_only_the_main_process_writes(two_processes):
 def test_two_processes_train_and_evaluate_like_one_with_the_same_global_batch(two_processes, tmp_path, recipe):
     """Per-step losses equal (rel 1e-4); base metrics and predictions (sharded evaluation of the same
     model on 5 rows: uneven shards) exactly equal; fine-tuned metrics equal."""
-    from vlm_recipes.cli.train import main
-
     root, _ = two_processes
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the 2 processes: the same kernels, so evaluation is bit-identical
-    try:
-        assert main(_argv(recipe, DETECTION[recipe], 8, tmp_path / "one")) == 0
-    finally:
-        torch.set_num_threads(threads)
-    one, two = tmp_path / "one", root / recipe
+    one, two = one_process(recipe, DETECTION[recipe], tmp_path / "one"), root / recipe
     assert _losses(two) == pytest.approx(_losses(one), rel=1e-4) and len(_losses(one)) == 3
     metrics = [json.loads((d / "metrics.json").read_text()) for d in (one, two)]
     predictions = [json.loads((d / "predictions.json").read_text()) for d in (one, two)]
@@ -155,14 +186,9 @@ def test_two_processes_train_and_evaluate_like_one_with_the_same_global_batch(tw
 # --- launch settings: strategies, slurm --------------------------------------------------------
 
 def test_zero3_fails_with_one_line(monkeypatch, capsys, tmp_path):
-    from vlm_recipes.cli.train import main
-
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
-    assert main(["--recipe", "r2-vision-only", "--gpu", "cpu", "--output-dir", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "zero3 shards the weights" in err and "fsdp.yaml" in err
-    assert not (tmp_path / "run").exists()
+    err = refused(monkeypatch, capsys, tmp_path,
+                  {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "r2-vision-only")
+    assert "zero3 shards the weights" in err and "fsdp.yaml" in err
 
 
 def test_slurm_script_builds_the_two_node_launch(tmp_path):

@@ -16,9 +16,8 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
-from test_distributed import SMALL, _free_port, _losses
+from test_distributed import _argv, _free_port, _losses, become_launched_process, one_process, one_thread, refused
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {  # name: (recipe, extra flags); per-device batch 4 on 2 processes = 8 on one
@@ -31,11 +30,6 @@ MERGED = ("r5-sft-grpo", ["--set", "lora.dropout=0.0", "--set", "stages.1.train.
 # after step 2 and resumed, against one process that ran straight through
 VALIDATED = ["--set", "data.num_train=26", "--set", "data.num_val=2", "--set", "train.eval_steps=2",
              "--set", "train.load_best_at_end=true"]
-
-
-def _argv(recipe: str, extra: list[str], batch: int, out: Path) -> list[str]:
-    return ["--recipe", recipe, *SMALL, *extra, "--set", f"train.per_device_train_batch_size={batch}",
-            "--output-dir", str(out)]
 
 
 def _fsdp_yaml_env() -> dict[str, str]:
@@ -66,9 +60,8 @@ def _fsdp_on_cpu() -> None:
 
 
 def _worker(rank: int, port: int, env: dict, runs: list[list[str]], out):
-    os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
+    become_launched_process(rank, 2, port)
+    os.environ.update(env)  # what accelerate launch exports from fsdp.yaml
     _fsdp_on_cpu()
     from vlm_recipes.cli.train import main
     from vlm_recipes.training.preemption import TEST_SIGNAL_ENV
@@ -95,18 +88,6 @@ def fsdp_runs(tmp_path_factory):
     mp.start_processes(_worker, args=(_free_port(), _fsdp_yaml_env(), runs, queue), nprocs=2, join=True,
                        start_method="spawn")
     return root, dict(queue.get() for _ in range(2))
-
-
-def _one_process(recipe: str, extra: list[str], out: Path) -> Path:
-    from vlm_recipes.cli.train import main
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the 2 processes: the same kernels, so evaluation is bit-identical
-    try:
-        assert main(_argv(recipe, extra, 8, out)) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return out
 
 
 def _json(path: Path):
@@ -139,14 +120,9 @@ def test_gpu_list_with_an_accelerate_config_launches_with_it(monkeypatch, tmp_pa
 
 
 def test_grpo_with_rank0_only_loading_fails_with_one_line(monkeypatch, capsys, tmp_path):
-    from vlm_recipes.cli.train import main
-
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
-    assert main(["--recipe", "r5-sft-grpo", "--gpu", "cpu", "--output-dir", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "stage 'grpo'" in err and "fsdp_cpu_ram_efficient_loading: false" in err
-    assert not (tmp_path / "run").exists()
+    err = refused(monkeypatch, capsys, tmp_path,
+                  {"ACCELERATE_USE_FSDP": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}, "r5-sft-grpo")
+    assert "stage 'grpo'" in err and "fsdp_cpu_ram_efficient_loading: false" in err
 
 
 def test_every_run_completes_and_is_really_sharded(fsdp_runs):
@@ -158,12 +134,12 @@ def test_every_run_completes_and_is_really_sharded(fsdp_runs):
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_fsdp_trains_and_evaluates_like_one_process(fsdp_runs, tmp_path, name):
+def test_fsdp_trains_and_evaluates_likeone_process(fsdp_runs, tmp_path, name):
     """Per-step losses equal (rel 1e-4); base and fine-tuned metrics and predictions exactly equal:
     the gathered model evaluates its shard of 5 rows (uneven: 3 and 2) as one process would."""
     root, _ = fsdp_runs
     recipe, extra = RUNS[name]
-    one, two = _one_process(recipe, extra, tmp_path / "one"), root / name
+    one, two = one_process(recipe, extra, tmp_path / "one"), root / name
     assert _losses(two) == pytest.approx(_losses(one), rel=1e-4) and len(_losses(one)) >= 3
     metrics = [_json(d / "metrics.json") for d in (one, two)]
     assert metrics[0]["base"] == metrics[1]["base"] and metrics[0]["base"]["n"] == 5
@@ -171,12 +147,12 @@ def test_fsdp_trains_and_evaluates_like_one_process(fsdp_runs, tmp_path, name):
     assert _json(one / "predictions.json") == _json(two / "predictions.json")
 
 
-def test_a_merged_stage_is_handed_on_like_one_process(fsdp_runs, tmp_path):
+def test_a_merged_stage_is_handed_on_likeone_process(fsdp_runs, tmp_path):
     """r5: the SFT stage's LoRA is merged into the gathered weights, saved, evaluated and loaded by
     the GRPO stage. SFT losses and the SFT stage's test metrics equal one process's; GRPO samples its
     answers per process, so that stage only has to complete."""
     root, _ = fsdp_runs
-    one, two = _one_process(*MERGED, tmp_path / "one"), root / "r5"
+    one, two = one_process(*MERGED, tmp_path / "one"), root / "r5"
     sft = [[e["loss"] for e in _json(d / "train_log.json") if "loss" in e and e["stage"] == "sft"] for d in (one, two)]
     assert sft[1] == pytest.approx(sft[0], rel=1e-4) and len(sft[0]) == 3
     assert _json(one / "metrics.json")["by_stage"]["sft"] == _json(two / "metrics.json")["by_stage"]["sft"]
@@ -189,12 +165,8 @@ def test_the_saved_model_scores_what_the_run_evaluated(fsdp_runs):
     from vlm_recipes import api
 
     root, _ = fsdp_runs
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         scored = api.evaluate(root / "r2" / "model", "synthetic")
-    finally:
-        torch.set_num_threads(threads)
     assert scored["metrics"] == _json(root / "r2" / "metrics.json")["finetuned"]
     from safetensors import safe_open
 
@@ -202,11 +174,11 @@ def test_the_saved_model_scores_what_the_run_evaluated(fsdp_runs):
         assert "lm_head.weight" not in saved.keys()  # tied to the embeddings: saved once, as without FSDP
 
 
-def test_validation_and_resume_under_fsdp_match_one_process(fsdp_runs, tmp_path):
+def test_validation_and_resume_under_fsdp_matchone_process(fsdp_runs, tmp_path):
     """Stopped after step 2 and resumed under FSDP, against one process straight through: the same
     losses, the same validation history, the same best step and test metrics."""
     root, _ = fsdp_runs
-    one, two = _one_process("r2-vision-only", VALIDATED, tmp_path / "one"), root / "validated"
+    one, two = one_process("r2-vision-only", VALIDATED, tmp_path / "one"), root / "validated"
     assert _losses(two) == pytest.approx(_losses(one), rel=1e-4)
     history = [_json(d / "eval_history.json") for d in (one, two)]
     assert history[0] == history[1] and len(history[0]) == 2
