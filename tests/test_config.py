@@ -68,3 +68,38 @@ def test_unknown_recipe_lists_the_valid_ones():
 def test_4bit_without_lora_is_rejected():
     with pytest.raises(InputError, match="4-bit weights cannot be trained directly"):
         load_recipe("r2-vision-only", ["quantization.load_in_4bit=true"])
+
+
+def test_a_new_objective_is_one_spec_and_one_module(tmp_path, monkeypatch, capsys):
+    """tests/toy_objective.py (the module) + one OBJECTIVES entry (the spec): the recipe loads, checks
+    its options and metric, and a run trains and evaluates with it."""
+    import json
+
+    from toy_objective import SmoothedOptions
+
+    from vlm_recipes.cli.train import main as train_main
+    from vlm_recipes.config import OBJECTIVES, ObjectiveSpec
+    from vlm_recipes.config.options import ANSWER_METRICS
+
+    monkeypatch.setitem(OBJECTIVES, "smoothed-sft", ObjectiveSpec(SmoothedOptions, ANSWER_METRICS, "mean_iou",
+                                                                  module="toy_objective"))
+    toy = ["objective.name=smoothed-sft", "objective.options.label_smoothing=0.2"]
+    recipe = load_recipe("r4-joint", toy)
+    assert recipe.objective.options == SmoothedOptions(label_smoothing=0.2)
+    assert recipe.metric_for_best(recipe.stages[0].train) == "mean_iou"
+    with pytest.raises(InputError, match="objective.options.label_smoothing=1.5"):
+        load_recipe("r4-joint", [toy[0], "objective.options.label_smoothing=1.5"])
+    with pytest.raises(InputError, match="'t2i.recall@1' is not a metric of objective 'smoothed-sft'"):
+        load_recipe("r4-joint", [toy[0], "train.metric_for_best=t2i.recall@1"])
+
+    run_dir = tmp_path / "run"
+    argv = ["--recipe", "r4-joint", "--max-steps", "1", "--no-wandb", "--output-dir", str(run_dir)]
+    for item in [*toy, "data.num_train=4", "data.num_test=2", "data.num_val=0", "eval.max_new_tokens=8",
+                 "train.per_device_train_batch_size=2"]:
+        argv += ["--set", item]
+    assert train_main(argv) == 0, capsys.readouterr().err
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["objective"] == "smoothed-sft" and metrics["stages"][0]["objective"] == "smoothed-sft"
+    losses = [e["loss"] for e in json.loads((run_dir / "train_log.json").read_text()) if "loss" in e]
+    assert losses and all(0 < loss < 100 for loss in losses)
+    assert json.loads((run_dir / "status.json").read_text()) == {"state": "complete"}

@@ -37,7 +37,7 @@ from typing import Any, Literal, Protocol
 from PIL import ExifTags, Image, ImageOps
 
 from ..config import DataConfig
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 JSON_SUFFIXES = (".jsonl", ".json")
@@ -212,7 +212,7 @@ def _open_hub(source: str) -> dict[str, Rows]:
         dd = load_dataset(source)
     except Exception as e:  # network, auth, missing repo, bad files: all are "cannot load it"
         raise InputError(f"dataset {source} could not be loaded from the hub ({type(e).__name__}: "
-                         f"{_first_line(e)}): check the id and the network, or download it and pass a "
+                         f"{first_line(e)}): check the id and the network, or download it and pass a "
                          "local path (save_to_disk directory or parquet files)") from e
     return undecoded(dd)
 
@@ -341,7 +341,7 @@ class _ParquetRows:
         try:
             return read()
         except (OSError, pa.ArrowException) as e:
-            raise InputError(f"parquet files of dataset {self.source} could not be read ({_first_line(e)}): "
+            raise InputError(f"parquet files of dataset {self.source} could not be read ({first_line(e)}): "
                              "check that they are parquet with one schema per split") from e
 
 
@@ -374,11 +374,11 @@ def _read_json(path: Path) -> list:
     return [_parse_json(line, path, number) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
-def _parse_json(text: str, path: Path, first_line: int) -> Any:
+def _parse_json(text: str, path: Path, line: int) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise InputError(f"{path}:{first_line + err.lineno - 1} is not valid JSON: {err.msg}") from None
+        raise InputError(f"{path}:{line + err.lineno - 1} is not valid JSON: {err.msg}") from None
 
 
 # --- images ------------------------------------------------------------------------------------
@@ -415,7 +415,7 @@ def _load_image(value: Any, where: str) -> Image.Image:
         image.load()  # Image.open is lazy: truncated or corrupt data only fails here
         return image
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise InputError(f"unreadable image in {where}: {_first_line(e)}; fix or drop the row") from e
+        raise InputError(f"unreadable image in {where}: {first_line(e)}; fix or drop the row") from e
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -439,10 +439,6 @@ def _match_size_columns(image: Image.Image, width: Any, height: Any, where: str)
     raise InputError(f"{where} says its image is {int(width)}x{int(height)} but the image is {w}x{h}: "
                      "the box may refer to another picture; fix the width/height columns or drop the row")
 
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def image_files(items) -> list[Path]:

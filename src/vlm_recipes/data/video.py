@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import VideoConfig
-from ..errors import InputError
+from ..errors import InputError, first_line
 from .sources import IMAGE_SUFFIXES, decode_image
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv")
@@ -77,7 +77,7 @@ def read_video(path: str | Path | bytes, config: VideoConfig, where: str) -> Cli
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - PyAV raises FFmpeg's many error types; all mean "unreadable"
-        raise InputError(f"unreadable video {name} in {where} ({type(err).__name__}: {_first_line(err)}); "
+        raise InputError(f"unreadable video {name} in {where} ({type(err).__name__}: {first_line(err)}); "
                          "fix or drop it") from None
 
 
@@ -164,7 +164,3 @@ def video_files(items) -> list[Path]:
         raise InputError("no videos given: pass video files, directories of frames, or directories of videos")
     return paths
 
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ""

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import LoraConfig, ModelConfig, QuantizationConfig, RecipeConfig, StageConfig
 from ..data.sources import check_hub_available
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ..families import FAMILIES, Family, get_family
 from .distributed import local_device
 
@@ -88,7 +88,7 @@ def load_processor(path: str, cfg: ModelConfig):
     try:
         processor = AutoProcessor.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise InputError(f"could not load a processor from {path!r}: {_first_line(err)}; pass a model "
+        raise InputError(f"could not load a processor from {path!r}: {first_line(err)}; pass a model "
                          "directory or hub id that includes the processor/tokenizer files") from None
     if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
         raise InputError(f"{path!r} has no image processor and tokenizer: it is not a vision-language "
@@ -106,9 +106,6 @@ def load_processor(path: str, cfg: ModelConfig):
     return processor
 
 
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-
 
 def model_family(path: str, cfg: ModelConfig) -> Family:
     from transformers import AutoConfig
@@ -116,7 +113,7 @@ def model_family(path: str, cfg: ModelConfig) -> Family:
     try:
         model_type = AutoConfig.from_pretrained(path).model_type
     except (OSError, ValueError) as err:
-        raise InputError(f"could not read a model config from {path!r} ({_first_line(err)}): its config.json "
+        raise InputError(f"could not read a model config from {path!r} ({first_line(err)}): its config.json "
                          "needs a model_type of a Qwen-VL model") from None
     if model_type not in FAMILIES:
         raise InputError(f"{path!r} is a {model_type!r} model; vlm-recipes supports {', '.join(FAMILIES)}")
@@ -145,7 +142,7 @@ def load_model(path: str, cfg: ModelConfig, quant: QuantizationConfig, device: s
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except OSError as err:
-        raise InputError(f"could not load model weights from {path!r}: {_first_line(err)}") from None
+        raise InputError(f"could not load model weights from {path!r}: {first_line(err)}") from None
     model.config.use_cache = False
     if quant.load_in_4bit:
         _disable_cpu_repacking(model)

@@ -9,7 +9,7 @@ what is specific to the task: the prompts as a dataset, the rewards, and what to
 hacking (the fraction of answers that parse, and the predicted box's area against the true one).
 
 Evaluation is SFT's (greedy answers scored by IoU), so a GRPO stage sits in the same table as the
-SFT stage before it; `sft` and `grpo` may be chained in one recipe (config.SHARED_DATA).
+SFT stage before it; `sft` and `grpo` may be chained in one recipe (their specs' `shares_data_with`, config/options.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,43 @@
+"""The shipped recipes (`recipes/*.yaml`) and `load_recipe`: a name or a path, plus `--set`
+overrides, parsed strictly into a `RecipeConfig`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..errors import InputError
+from . import loading
+from .loading import from_dict, read_yaml_mapping
+from .schema import RecipeConfig, StageConfig
+
+RECIPE_DIR = Path(__file__).parents[1] / "recipes"
+STAGE_KEYS = {f.name for f in dataclasses.fields(StageConfig)} - {"name", "objective"}
+"""Keys `--set` applies to every stage when given without `stages.N.` (`objective.*` is the
+recipe's; a stage's own is set as stages.N.objective...)."""
+
+
+def available_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(RECIPE_DIR.glob("*.yaml"))}
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RecipeConfig:
+    """Parse a shipped recipe name or a YAML path, apply `key=value` overrides, validate."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        recipes = available_recipes()
+        if name_or_path not in recipes:
+            raise InputError(f"unknown recipe {name_or_path!r}: choose one of {', '.join(recipes)} "
+                             "(or pass a path to a recipe .yaml)")
+        path = recipes[name_or_path]
+    if not path.is_file():
+        raise InputError(f"recipe file {path} does not exist")
+    raw = read_yaml_mapping(path)
+    for item in overrides:
+        apply_override(raw, item)
+    return from_dict(RecipeConfig, raw, "")
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """`a.b.c=value` sets raw[a][b][c]; a stage key without `stages.N.` applies to every stage."""
+    loading.apply_override(raw, item, STAGE_KEYS)
