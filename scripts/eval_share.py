@@ -24,7 +24,7 @@ from pathlib import Path
 from vlm_recipes.config import load_recipe
 from vlm_recipes.models.loading import apply_stage, open_base
 from vlm_recipes.objectives import build_objective
-from vlm_recipes.training.run import load_for_stage, with_pixel_budget
+from vlm_recipes.training.steps import load_for_stage, with_pixel_budget
 from vlm_recipes.training.trainer import train_stage
 
 

@@ -36,8 +36,9 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Every vlm_recipes module `path` imports, relative imports resolved."""
+def imported_modules(path: Path, modules: set[str] = frozenset()) -> set[str]:
+    """Every vlm_recipes module `path` imports, relative imports resolved. With the package's
+    `modules`: `from pkg import sub` is an import of pkg.sub, not of pkg (its __init__)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = set()
@@ -49,7 +50,8 @@ def imported_modules(path: Path) -> set[str]:
             else:
                 target = node.module or ""
             if target.startswith("vlm_recipes"):
-                found.add(target)
+                subs = {f"{target}.{alias.name}" for alias in node.names} & set(modules)
+                found.update(subs or {target})
                 found.update(f"{target}.{alias.name}" for alias in node.names if target == "vlm_recipes")
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.startswith("vlm_recipes"))
@@ -81,3 +83,44 @@ def test_the_layer_check_sees_relative_and_lazy_imports(tmp_path):
     probe = PACKAGE / "data" / "chat.py"
     assert "vlm_recipes.boxes" in imported_modules(probe)
     assert layer_of("vlm_recipes.cli.train") > layer_of("vlm_recipes.training.run") > layer_of("vlm_recipes.config")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (top-level and lazy). `from pkg import name` counts
+    as an import of the module pkg.name when there is one, else of pkg (its __init__)."""
+    modules = {module_name(p) for p in SOURCES}
+    return {module_name(path): {m for m in imported_modules(path, modules) if m in modules} for path in SOURCES}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None (depth-first search, three colours)."""
+    state, stack = {}, []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_import_graph_has_no_cycles():
+    """No module imports one that (through others) imports it back, lazy imports included."""
+    graph = import_graph()
+    assert graph["vlm_recipes.data.splits"] >= {"vlm_recipes.data.sources", "vlm_recipes.data.motion"}
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None

@@ -63,16 +63,19 @@ def _worker(rank: int, port: int, env: dict, runs: list[list[str]], out):
     become_launched_process(rank, 2, port)
     os.environ.update(env)  # what accelerate launch exports from fsdp.yaml
     _fsdp_on_cpu()
+    from signal_at import install
+
     from vlm_recipes.cli.train import main
-    from vlm_recipes.training.preemption import TEST_SIGNAL_ENV
 
     codes = []
     for argv in runs:
-        if argv[0] == "SIGNAL":  # ["SIGNAL", spec, *argv]: this run stops itself there
-            os.environ[TEST_SIGNAL_ENV] = argv[1]
+        undo = None
+        if argv[0] == "SIGNAL":  # ["SIGNAL", spec, *argv]: this run stops itself there (tests/signal_at.py)
+            undo = install(argv[1])
             argv = argv[2:]
         codes.append(main(argv))
-        os.environ.pop(TEST_SIGNAL_ENV, None)
+        if undo:
+            undo()
     out.put((rank, codes))
 
 
@@ -107,7 +110,7 @@ def test_gpu_list_with_an_accelerate_config_launches_with_it(monkeypatch, tmp_pa
     (and no --multi_gpu, which would override it) and one process per GPU."""
     import accelerate.commands.launch as launch
 
-    from vlm_recipes.cli.train import launch_data_parallel
+    from vlm_recipes.training.launch import launch_data_parallel
 
     seen = {}
     monkeypatch.setattr(launch, "launch_command", lambda args: seen.update(vars(args)))

@@ -111,7 +111,7 @@ def test_shifted_split_is_another_style_and_disjoint():
 
 
 def test_shifted_split_needs_detection_data_and_a_split(tmp_path):
-    from vlm_recipes.data.sources import load_splits
+    from vlm_recipes.data.splits import load_splits
 
     mrl = load_recipe("mrl", ["data.num_shifted=4"])
     with pytest.raises(InputError, match="data.num_shifted=4"):

@@ -1,8 +1,8 @@
 """Runs that survive (issue 17): SIGTERM/SIGINT, --resume, one writer per run directory, and every bad
 input as one line with exit 2.
 
-Signals are sent by the run itself at a known step (VLM_RECIPES_TEST_SIGNAL, training/preemption.py),
-never by a sleep racing the training loop. Bad inputs run in-process through `main(argv)` (the
+Signals are sent by the run itself at a known step (tests/signal_at.py wraps the run's own hooks, in
+the test's process or in the child it starts), never by a sleep racing the training loop. Bad inputs run in-process through `main(argv)` (the
 package is imported once); the few that need a real process say why.
 """
 
@@ -20,12 +20,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from signal_at import install as install_signal
+
 from vlm_recipes.cli import compare, encode
 from vlm_recipes.cli.train import main as train_main
 from vlm_recipes.evaluation.plots import plot_loss
 from vlm_recipes.evaluation.retrieval import retrieval_metrics
-from vlm_recipes.training.preemption import TEST_SIGNAL_ENV
-from vlm_recipes.training.run import LOCK_FILE
+from vlm_recipes.training.run_dir import LOCK_FILE
 from vlm_recipes.training.trainer import DivergenceGuard, total_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,16 +41,19 @@ LOGS = Path(".")  # set per test by the _logs fixture
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != TEST_SIGNAL_ENV}
+    env = dict(os.environ)
     return dict(env, PYTHONPATH=SRC + os.pathsep + env.get("PYTHONPATH", ""), **extra)
 
 
 def _train_process(*args, signal_at: str | None = None) -> subprocess.Popen:
-    """scripts/train_recipe.py in its own process; output to a file (a pipe left unread fills and blocks)."""
-    extra = {TEST_SIGNAL_ENV: signal_at} if signal_at else {}
+    """scripts/train_recipe.py in its own process, sending itself a signal at `signal_at`
+    (tests/signal_at.py); output to a file (a pipe left unread fills and blocks)."""
+    script = [str(ROOT / "scripts" / "train_recipe.py")]
+    if signal_at:
+        script = [str(ROOT / "tests" / "signal_at.py"), signal_at, *script]
     log = open(LOGS / f"train-{time.monotonic_ns()}.log", "w+")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train_recipe.py"), *map(str, args)],
-                            stdout=log, stderr=subprocess.STDOUT, text=True, env=_env(**extra))
+    proc = subprocess.Popen([sys.executable, *script, *map(str, args)],
+                            stdout=log, stderr=subprocess.STDOUT, text=True, env=_env())
     proc.log = log
     return proc
 
@@ -164,8 +168,11 @@ def test_stale_lock_is_taken_over(tmp_path, capsys, monkeypatch):
     run_dir.mkdir()
     pid = _dead_pid()
     (run_dir / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
-    monkeypatch.setenv(TEST_SIGNAL_ENV, "evaluation::SIGTERM")  # stop once the lock is ours and data loaded
-    code = train_main(["--recipe", "r4-joint", "--max-steps", "1", *TINY, *SHORT_ANSWERS, "--output-dir", str(run_dir)])
+    undo = install_signal("evaluation::SIGTERM")  # stop once the lock is ours and data loaded
+    try:
+        code = train_main(["--recipe", "r4-joint", "--max-steps", "1", *TINY, *SHORT_ANSWERS, "--output-dir", str(run_dir)])
+    finally:
+        undo()
     err = _messages(capsys.readouterr().err)
     assert code == 143, err
     assert err[0] == f"taking over the stale lock of process {pid} (no longer running) in {run_dir}"

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from vlm_recipes.cli.train import main
 from vlm_recipes.config import DataConfig, FreezeConfig, StageConfig, TrainConfig, load_recipe
-from vlm_recipes.data.sources import carve_validation, load_splits
+from vlm_recipes.data.splits import carve_validation, load_splits
 from vlm_recipes.errors import InputError
 from vlm_recipes.evaluation.result import EvalResult, pick_metric
 from vlm_recipes.objectives.base import Objective

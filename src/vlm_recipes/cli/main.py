@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-EXIT_BAD_INPUT = 2
+from ..errors import EXIT_BAD_INPUT
 
 # subcommand: (module holding main(argv), arguments put before the user's, one-line description)
 COMMANDS = {

@@ -15,9 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import InputError
-
-EXIT_BAD_INPUT = 2
+from ..errors import EXIT_BAD_INPUT, InputError
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -21,6 +21,11 @@ def available_recipes() -> dict[str, Path]:
     return {p.stem: p for p in sorted(RECIPE_DIR.glob("*.yaml"))}
 
 
+def describe_recipes() -> str:
+    """The shipped recipes, one line each: name and description (`vlm-recipes list`)."""
+    return "\n".join(f"{name:16s} {load_recipe(name).description}" for name in available_recipes())
+
+
 def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RecipeConfig:
     """Parse a shipped recipe name or a YAML path, apply `key=value` overrides, validate."""
     path = Path(name_or_path)

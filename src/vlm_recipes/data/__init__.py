@@ -1,9 +1,9 @@
-"""Data for every objective: `load_splits` (in `sources`) is the one entry point.
+"""Data for every objective: `load_splits` (in `splits`) is the one entry point.
 
-`sources` opens datasets (and parses the `name[train:N,test:M]` slice); `detection`, `retrieval`
-and `messages` convert its rows into their samples.
+`sources` opens datasets (and parses the `name[train:N,test:M]` slice); `detection`, `retrieval`,
+`motion` and `messages` convert its rows into their samples; `splits` dispatches to them.
 """
 
-from .sources import load_splits
+from .splits import load_splits
 
 __all__ = ["load_splits"]

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from ..config import VideoConfig
 from ..errors import InputError
 from .retrieval import SCENE_COLOURS, SCENE_SHAPES, RetrievalSample, Target
-from .synthetic import COLOURS, _draw_shape, _jitter
+from .synthetic import COLOURS, draw_shape, jitter
 from .video import Clip, sample_indices
 
 SIDE = 96  # px, square frames
@@ -66,7 +66,7 @@ def render_motion(rng: random.Random, motion: Motion, video: VideoConfig) -> Cli
     dx, dy = DIRECTIONS[motion.direction]
     if dx < 0 or dy < 0:
         start, end = end, start
-    colour = _jitter(rng, COLOURS[motion.colour], 12)
+    colour = jitter(rng, COLOURS[motion.colour], 12)
     base = rng.randint(205, 230)
     tint = np.array([base + rng.randint(-4, 4) for _ in range(3)], np.int16)
     noise = np.random.default_rng(rng.getrandbits(32)).integers(-10, 11, (SIDE, SIDE, 1), dtype=np.int16)
@@ -77,7 +77,7 @@ def render_motion(rng: random.Random, motion: Motion, video: VideoConfig) -> Cli
         along = round(start + (end - start) * index / (NATIVE_FRAMES - 1))
         x, y = (along, across) if dx else (across, along)
         frame = background.copy()
-        _draw_shape(ImageDraw.Draw(frame), motion.shape, (x, y, x + size, y + size), colour)
+        draw_shape(ImageDraw.Draw(frame), motion.shape, (x, y, x + size, y + size), colour)
         frames.append(frame)
     return Clip(tuple(frames), NATIVE_FPS, tuple(indices), NATIVE_FRAMES)
 

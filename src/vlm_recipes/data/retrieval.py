@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 from ..errors import InputError
 from ..config import VideoConfig
 from .sources import IMAGE_SUFFIXES, Rows, decode_image, open_source, resolve_split
-from .synthetic import COLOURS, _draw_shape, _jitter
+from .synthetic import COLOURS, draw_shape, jitter
 from .video import VIDEO_SUFFIXES, Clip, read_video
 
 
@@ -159,7 +159,7 @@ def render_scene(rng: random.Random, scene: Scene) -> Image.Image:
             size = rng.randint(34, cell - 4)
             x0 = ox + cx * cell + rng.randint(2, cell - size - 2)
             y0 = oy + cy * cell + rng.randint(2, cell - size - 2)
-            _draw_shape(draw, group.shape, (x0, y0, x0 + size, y0 + size), _jitter(rng, COLOURS[group.colour], 12))
+            draw_shape(draw, group.shape, (x0, y0, x0 + size, y0 + size), jitter(rng, COLOURS[group.colour], 12))
     return img
 
 
@@ -218,13 +218,9 @@ def load_retrieval_splits(source: str, num_train: int, num_test: int, seed: int,
     """{"train": indexable samples, "test": list of samples} from `source` (module docstring).
 
     `max_train`/`max_test` keep the first rows of a split; `num_train`/`num_test` are the row
-    counts generated for "synthetic" and "synthetic-video" (and `num_test` the rows held out of a
+    counts generated for "synthetic" ("synthetic-video" is motion.py's, dispatched by splits.py) (and `num_test` the rows held out of a
     train-only source). `video`: how video files and generated clips are sampled.
     """
-    if source == "synthetic-video":
-        from .motion import load_motion_splits  # it builds on this module's samples
-
-        return load_motion_splits(num_train, num_test, seed, num_hard_negatives, max_train, max_test, video)
     if source == "synthetic":
         train = SyntheticRetrieval(num_train if max_train is None else min(num_train, max_train), "train", seed,
                                    num_hard_negatives)

@@ -69,7 +69,7 @@ def _colour(rng: random.Random, lo: int = 0, hi: int = 255) -> RGB:
     return (rng.randint(lo, hi), rng.randint(lo, hi), rng.randint(lo, hi))
 
 
-def _jitter(rng: random.Random, c: RGB, amount: int = 15) -> RGB:
+def jitter(rng: random.Random, c: RGB, amount: int = 15) -> RGB:
     return tuple(min(255, max(0, v + rng.randint(-amount, amount))) for v in c)  # type: ignore[return-value]
 
 
@@ -123,7 +123,7 @@ def _place(rng: random.Random, w: int, h: int, bw: int, bh: int, avoid: list[Box
     return None
 
 
-def _draw_shape(d: ImageDraw.ImageDraw, kind: str, box: Box, fill) -> None:
+def draw_shape(d: ImageDraw.ImageDraw, kind: str, box: Box, fill) -> None:
     """`kind` drawn to fill `box` (rectangle/bar may be any aspect, the rest are square)."""
     x0, y0, x1, y1 = (int(v) for v in box)
     r = [x0, y0, x1 - 1, y1 - 1]  # PIL's rectangle/ellipse include their last pixel
@@ -200,7 +200,7 @@ def _draw_item(rng: random.Random, img: Image.Image, kind: str, box: Box, colour
         ImageDraw.Draw(block).text((0, 0), text, font=_font(size), fill=255, spacing=2)
         mask.paste(block, (x0, y0))
     else:
-        _draw_shape(ImageDraw.Draw(mask), kind, box, 255)
+        draw_shape(ImageDraw.Draw(mask), kind, box, 255)
     img.paste(colour, mask=mask)
     drawn = mask.getbbox()
     return None if drawn is None else (float(drawn[0]), float(drawn[1]), float(drawn[2]), float(drawn[3]))
@@ -360,7 +360,7 @@ def render_object_example(rng: random.Random) -> tuple[Image.Image, str, str, Bo
         size, colour_name, colour = (rng.randint(40, 100), rng.randint(32, 80)), "", _colour(rng)
     else:
         colour_name = rng.choice(list(COLOURS))
-        size, colour = _shape_size(rng, kind, True), _jitter(rng, COLOURS[colour_name], 12)
+        size, colour = _shape_size(rng, kind, True), jitter(rng, COLOURS[colour_name], 12)
     box = _place(rng, w, h, *size, [])
     drawn = _draw_item(rng, img, kind, box, colour)
     if drawn is None:  # text clipped away entirely: draw another scene

@@ -1,5 +1,6 @@
 """Several processes (torchrun, `accelerate launch`, `--gpu 0,1`): which process this is, which
-device is its own, which share of a job is its own, and gathering the shares back in order.
+device is its own, which share of a job is its own, and gathering the shares back in order. Every
+read of the launcher's environment is here (its writes: training/launch.py).
 
 With one process every helper is the identity, so callers never branch on it. The launchers set
 WORLD_SIZE / RANK / LOCAL_RANK; the process group is opened once by accelerate's PartialState
@@ -10,12 +11,18 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
+
+
+CLAIMED_RUN_DIR = "VLM_RECIPES_CLAIMED_RUN_DIR"
+"""Set by the `--gpu 0,1` / `--nproc` launcher (training/launch.py) for the processes it starts: it
+holds the run directory's lock for the whole job, and they write into that directory."""
 
 
 def launched() -> bool:
@@ -37,6 +44,18 @@ def fsdp_checkpoints_activations() -> bool:
     """accelerate launched FSDP with its own activation checkpointing (configs/accelerate/fsdp.yaml);
     Trainer refuses a second one, so a stage's gradient_checkpointing defers to it."""
     return launch_strategy() == "fsdp" and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() == "true"
+
+
+def fsdp_loads_on_cpu() -> bool:
+    """accelerate launched FSDP with fsdp_cpu_ram_efficient_loading: the weights are loaded by the
+    main process only, on the meta device elsewhere."""
+    return launch_strategy() == "fsdp" and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "") == "true"
+
+
+def claimed_run_dir() -> Path | None:
+    """The run directory the launcher that started this process claimed for it (None: not launched by it)."""
+    claimed = os.environ.get(CLAIMED_RUN_DIR)
+    return Path(claimed) if claimed else None
 
 
 def init_processes(device: str) -> None:
@@ -209,3 +228,39 @@ def map_sharded(fn: Callable[[list], T], items: Sequence, block: int) -> T:
     outcomes = _all_gather((ok, value))
     _raise_first_error(outcomes)
     return _reassemble([v for _, v in outcomes], len(items), block)
+
+
+# --- in-batch negatives across processes (mrl's InfoNCE and its distillation term) -------------
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """(n, h) on each of W processes -> (W*n, h) in rank order; gradients flow back to each shard
+    (summed over the processes that used it: backward is a reduce-scatter)."""
+    from torch.distributed._functional_collectives import all_gather_single_autograd
+
+    gathered = all_gather_single_autograd(tensor.contiguous(), 0, dist.group.WORLD)
+    return gathered.wait() if hasattr(gathered, "wait") else gathered
+
+
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """(n, h) on each of W processes -> (W*n, h) in rank order, without gradients."""
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def in_batch_layout(queries: torch.Tensor, targets: torch.Tensor, gather: bool, with_grad: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one layout of in-batch retrieval: queries (B, H) and targets ((1 + k) * B, H) laid out
+    [B positives, then k*B hard negatives] -> (this process's positives (B, H), every process's
+    candidates (W*(1+k)*B, H), every process's queries (W*B, H)). The candidates are [all W*B
+    positives, then all negatives], so query i of rank r has its positive at r*B + i. `gather`
+    False (or one process): this process's rows only."""
+    batch = queries.shape[0]
+    positives, negatives = targets[:batch], targets[batch:]
+    world = rank_and_world()[1] if gather else 1
+    if world == 1:
+        return positives, targets, queries
+    collect = gather_with_grad if with_grad else gather_rows
+    all_negatives = collect(negatives) if negatives.shape[0] else negatives
+    return positives, torch.cat([collect(positives), all_negatives]), collect(queries)
+

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..config import QUERY_INSTRUCTION, TARGET_INSTRUCTION, InputError, MRLOptions, VideoConfig
+from ..config import QUERY_INSTRUCTION, TARGET_INSTRUCTION, MRLOptions, VideoConfig
+from ..errors import InputError
 from ..data.video import Clip
 
 Pooling = Literal["last", "mean"]

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..config import InputError, ModelConfig, MRLOptions, QuantizationConfig
+from ..config import ModelConfig, MRLOptions, QuantizationConfig
+from ..errors import InputError
 from .distributed import map_sharded
 from .embedding import EncodeSettings, encode
 

@@ -15,7 +15,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..config import ObjectiveConfig, RecipeConfig, TrainConfig
-from ..data.sources import load_splits
+from ..data.splits import load_splits
 
 
 class Objective:

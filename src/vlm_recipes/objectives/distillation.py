@@ -39,33 +39,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..models.distributed import rank_and_world
+from ..models.distributed import in_batch_layout
 from ..models.embedding import truncate
 from ..models.teacher import TeacherBatch
-
-
-def in_batch_layout(queries: torch.Tensor, targets: torch.Tensor, gather: bool, with_grad: bool
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(this process's positives (B, H), every process's candidates (W*(1+k)*B, H), every process's
-    queries (W*B, H)): the candidates are [all positives, then all negatives], as the InfoNCE's."""
-    from .mrl import gather_with_grad  # mrl imports this module
-
-    batch = queries.shape[0]
-    positives, negatives = targets[:batch], targets[batch:]
-    world = rank_and_world()[1] if gather else 1
-    if world == 1:
-        return positives, targets, queries
-    collect = gather_with_grad if with_grad else _gather
-    all_negatives = collect(negatives) if negatives.shape[0] else negatives
-    return positives, torch.cat([collect(positives), all_negatives]), collect(queries)
-
-
-def _gather(tensor: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
 
 
 def teacher_similarities(teacher: TeacherBatch, gather: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,11 +22,11 @@ from transformers import TrainerCallback
 
 from ..config import MRLOptions, VideoConfig
 from ..data.retrieval import RetrievalSample
-from ..data.sources import load_splits
+from ..data.splits import load_splits
 from ..errors import InputError
 from ..evaluation.retrieval import (RetrievalEvaluator, directions, encode_queries_and_gallery, target_rows,
                                    unique_targets)
-from ..models.distributed import rank_and_world
+from ..models.distributed import in_batch_layout, rank_and_world
 from ..models.embedding import EncodeSettings, embed, hidden_size, kind_of, resolve_dims, tokenize, truncate
 from ..models.teacher import Teacher, TeacherBatch, TeacherCache, WithTeacher, untaught_metrics
 from .base import DropOnTrainEnd, Objective
@@ -39,15 +39,6 @@ MAX_LOGIT_SCALE = 100.0  # as CLIP: temperature >= 0.01 keeps the softmax traina
 
 # --- the loss -----------------------------------------------------------------------------
 
-def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """(n, h) on each of W processes -> (W*n, h) in rank order; gradients flow back to each shard
-    (summed over the processes that used it: backward is a reduce-scatter)."""
-    from torch.distributed._functional_collectives import all_gather_single_autograd
-
-    gathered = all_gather_single_autograd(tensor.contiguous(), 0, dist.group.WORLD)
-    return gathered.wait() if hasattr(gathered, "wait") else gathered
-
-
 def matryoshka_info_nce(queries: torch.Tensor, targets: torch.Tensor, dims: tuple[int, ...],
                         weights: tuple[float, ...], logit_scale: torch.Tensor | float, gather: bool = True
                         ) -> torch.Tensor:
@@ -59,14 +50,9 @@ def matryoshka_info_nce(queries: torch.Tensor, targets: torch.Tensor, dims: tupl
     Returns this process's mean over its B queries; DDP's gradient averaging makes it the global mean.
     """
     batch = queries.shape[0]
-    positives, negatives = targets[:batch], targets[batch:]
-    rank, world = rank_and_world() if gather else (0, 1)
-    all_queries, all_positives, all_negatives = queries, positives, negatives
-    if world > 1:
-        all_queries, all_positives = gather_with_grad(queries), gather_with_grad(positives)
-        all_negatives = gather_with_grad(negatives) if negatives.shape[0] else negatives
-    candidates = torch.cat([all_positives, all_negatives])  # positives first: labels index them
-    labels = torch.arange(batch, device=queries.device) + rank * batch
+    positives, candidates, all_queries = in_batch_layout(queries, targets, gather, with_grad=True)
+    rank = rank_and_world()[0] if gather else 0
+    labels = torch.arange(batch, device=queries.device) + rank * batch  # positives come first in candidates
     total = queries.new_zeros((), dtype=torch.float32)
     for dim, weight in zip(dims, weights):
         q, p = truncate(queries, dim), truncate(positives, dim)  # (B, dim), re-normalised

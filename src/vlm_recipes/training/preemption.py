@@ -8,77 +8,113 @@ exits 128 + the signal number (143, 130), with one line saying how to resume.
 
 A signal that arrives while the run is already stopping is ignored, so that a sweep forwarding
 the terminal's Ctrl-C to its children does not cut the checkpoint short (SIGKILL still kills).
+
+The state (which signal came, whether the Trainer is running) lives in the `SignalStop` object
+that `signals_stop_the_run` installs as the handler; code deeper in the run finds it as the
+process's installed handler (`SignalStop.active`), the one process-wide fact there is.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from transformers import TrainerCallback
 
+from ..errors import EXIT_SIGNAL_BASE
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-TEST_SIGNAL_ENV = "VLM_RECIPES_TEST_SIGNAL"
-"""Tests only: "STAGE:STEP:SIGNAME" sends SIGNAME to this process when STAGE reaches global step
-STEP (STEP 0: when the stage starts), "evaluation::SIGNAME" when an evaluation starts. A signal at a
-known step, not a sleep that races the training loop."""
 
 
 class Interrupted(BaseException):
     """The run stopped on a signal. A BaseException, like KeyboardInterrupt: no `except Exception`
-    on the way up may swallow it."""
+    on the way up may swallow it. Where it stopped is added on the way up by wrapping it
+    (`within`): the stage or phase, the step, the run directory that can be resumed."""
 
-    def __init__(self, signum: int, stage: str | None = None, step: int | None = None):
+    def __init__(self, signum: int, stage: str | None = None, step: int | None = None, run_dir: Path | None = None):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
-        self.signum, self.stage, self.step = signum, stage, step
+        self.signum, self.stage, self.step, self.run_dir = signum, stage, step, run_dir
+
+    def within(self, stage: str | None = None, run_dir: Path | None = None) -> Interrupted:
+        """The same interruption, with what an outer block knows and it did not yet (raise ... from self)."""
+        return Interrupted(self.signum, self.stage or stage, self.step, self.run_dir or run_dir)
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
+        return EXIT_SIGNAL_BASE + self.signum  # 143 for SIGTERM, 130 for SIGINT
+
+    def resume_line(self) -> str:
+        """One line: what stopped, where, and the command that continues it."""
+        what = str(self)  # "interrupted by SIGTERM"
+        if self.run_dir is None or not (self.run_dir / "status.json").is_file():
+            return f"{what} before the run started: nothing to resume, start it again"
+        where = f"{self.stage} at step {self.step}, checkpoint saved" if self.step is not None else self.stage or "loading"
+        return f"{what} ({where}); resume with: vlm-recipes train --resume {self.run_dir}"
 
 
-class _State:
-    received: int | None = None  # the first signal seen
-    training: bool = False  # inside trainer.train(): stop after the step, do not raise
+class SignalStop:
+    """The handler of SIGTERM/SIGINT for one run, and what it has seen."""
 
+    def __init__(self):
+        self.received: int | None = None  # the first signal seen
+        self.training = False  # inside trainer.train(): stop after the step, do not raise
 
-STATE = _State()
+    def __call__(self, signum, frame) -> None:
+        if self.received is not None:
+            return  # already stopping
+        self.received = signum
+        if not self.training:
+            raise Interrupted(signum)
 
+    @contextmanager
+    def training_phase(self) -> Iterator[None]:
+        """Inside: a signal stops the Trainer after its current step (StopOnSignal) instead of raising."""
+        self.training = True
+        try:
+            yield
+        finally:
+            self.training = False
 
-def _handler(signum, frame) -> None:
-    if STATE.received is not None:
-        return  # already stopping
-    STATE.received = signum
-    if not STATE.training:
-        raise Interrupted(signum)
+    @staticmethod
+    def active() -> SignalStop | None:
+        """The SignalStop handling SIGTERM in this process now (None outside `signals_stop_the_run`)."""
+        handler = signal.getsignal(signal.SIGTERM)
+        return handler if isinstance(handler, SignalStop) else None
 
 
 @contextmanager
-def signals_stop_the_run() -> Iterator[None]:
+def signals_stop_the_run() -> Iterator[SignalStop]:
     """SIGTERM/SIGINT handled as the module docstring says, inside the block (one run)."""
-    previous = {sig: signal.signal(sig, _handler) for sig in SIGNALS}
-    STATE.received, STATE.training = None, False
+    stop = SignalStop()
+    previous = {sig: signal.signal(sig, stop) for sig in SIGNALS}
     try:
-        yield
+        yield stop
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
 
 
 @contextmanager
-def training_phase() -> Iterator[None]:
-    """Inside: a signal stops the Trainer after its current step (StopOnSignal) instead of raising."""
-    STATE.training = True
+def training_phase() -> Iterator[SignalStop | None]:
+    """The Trainer's block: a signal stops it after its current step instead of raising (no-op
+    outside `signals_stop_the_run`)."""
+    stop = SignalStop.active()
+    if stop is None:
+        yield None
+        return
+    with stop.training_phase():
+        yield stop
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """An interruption inside the block is reported as having happened in `name` (status.json)."""
     try:
         yield
-    finally:
-        STATE.training = False
-
-
-def stop_requested() -> int | None:
-    return STATE.received
+    except Interrupted as err:
+        raise err.within(stage=name) from err
 
 
 class StopOnSignal(TrainerCallback):
@@ -87,20 +123,8 @@ class StopOnSignal(TrainerCallback):
     def __init__(self, stage: str):
         self.stage = stage
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        send_test_signal(self.stage, state.global_step)
-
     def on_step_end(self, args, state, control, **kwargs):
-        send_test_signal(self.stage, state.global_step)
-        if STATE.received is not None:
+        stop = SignalStop.active()
+        if stop is not None and stop.received is not None:
             control.should_save = control.should_training_stop = True
         return control
-
-
-def send_test_signal(where: str, step: int = 0) -> None:
-    spec = os.environ.get(TEST_SIGNAL_ENV, "")
-    if spec.count(":") != 2:
-        return
-    stage, at, name = spec.split(":")
-    if stage == where and (at == "" or int(at) == step):
-        os.kill(os.getpid(), getattr(signal, name))

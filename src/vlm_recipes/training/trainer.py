@@ -17,12 +17,12 @@ from pathlib import Path
 
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
-from ..config import StageConfig, TrainConfig, TrainingDiverged
-from ..errors import InputError
+from ..config import StageConfig, TrainConfig
+from ..errors import InputError, TrainingDiverged
 from ..evaluation.result import flatten, pick_metric
 from ..models.distributed import fsdp_checkpoints_activations, full_weights, gather_full_weights, launched
 from ..models.loading import part_of
-from .preemption import Interrupted, StopOnSignal, stop_requested, training_phase
+from .preemption import Interrupted, StopOnSignal, training_phase
 
 LOSS_POINTS = 5
 """A stage logs its loss at least this many times (when it has that many steps): loss.png shows a curve
@@ -209,10 +209,10 @@ def train_stage(model, stage: StageConfig, objective, train_data: list, output_d
         callbacks=stage_callbacks(stage, validation, objective.loss_is_positive) + list(extra_callbacks),
         **objective.trainer_inputs(train_data, validation.samples if validation else []))
     checkpoint = latest_checkpoint(output_dir) if resume else None
-    with training_phase(), without_kv_cache(model):
+    with training_phase() as stop, without_kv_cache(model):
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if stop_requested() is not None:
-        raise Interrupted(stop_requested(), stage.name, trainer.state.global_step)
+    if stop is not None and stop.received is not None:
+        raise Interrupted(stop.received, stage.name, trainer.state.global_step)
     gather_full_weights(trainer.model)
     return trainer.state.log_history
 
