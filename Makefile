@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RECIPE ?= r4-joint
 
-.PHONY: install demo test test-fast lock base-model notebooks clean
+.PHONY: install demo lint test test-fast lock base-model notebooks clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,15 @@ install: $(STAMP)
 demo: install
 	$(PY) scripts/train_recipe.py --recipe $(RECIPE)
 
-## test: the whole suite (unit tests and end-to-end recipe runs on the tiny default)
-test: install
+## lint: ruff (pyproject.toml [tool.ruff]: pyflakes, bugbear, import order, at most 6 parameters)
+lint: install
+	$(PY) -m ruff check .
+
+## test: lint, then the whole suite (unit tests and end-to-end recipe runs on the tiny default)
+test: lint
 	$(PY) -m pytest -q --durations=10
 
-test-fast: install
+test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
 
 ## lock: rewrite environment.lock.yml from the installed environment

@@ -43,11 +43,11 @@ from IPython.display import Image, Markdown, display
 from vlm_recipes.config import QuantizationConfig, available_recipes, load_recipe
 from vlm_recipes.data.chat import IGNORE_INDEX, encode_for_training, prompt_text
 from vlm_recipes.data.detection import load_detection_splits
+from vlm_recipes.evaluation.answers import detection_table
 from vlm_recipes.evaluation.detection import box_iou, detection_metrics
 from vlm_recipes.evaluation.generation import predict_boxes
 from vlm_recipes.evaluation.leaderboard import leaderboard_for, plot_leaderboard, to_markdown
 from vlm_recipes.evaluation.plots import plot_box_grid
-from vlm_recipes.evaluation.answers import detection_table
 from vlm_recipes.models.export import merge_adapter
 from vlm_recipes.models.loading import load_model, load_processor, open_base, stage_reports
 from vlm_recipes.models.tiny import build_tiny

@@ -96,9 +96,9 @@ for remasking, block in (("low_confidence", len(target)), ("random", len(target)
 # steps than canvas tokens: fewer model calls, more tokens committed per call.
 
 # %%
-from vlm_recipes.models.export import load_merged
-from vlm_recipes.evaluation.diffusion_decoding import diffusion_generate
 from vlm_recipes.evaluation.answers import score_answers
+from vlm_recipes.evaluation.diffusion_decoding import diffusion_generate
+from vlm_recipes.models.export import load_merged
 from vlm_recipes.objectives.mdlm import as_chat
 
 # data.num_val=0: no validation during this short run (24 more answers decoded by unmasking, 3x its 8 test ones)

@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from vlm_recipes.families import get_family
 from vlm_recipes.data.objects import MAX_PIXELS, MIN_PIXELS
+from vlm_recipes.families import get_family
 from vlm_recipes.models.tiny import build_tiny, save_checkpoint
 
 

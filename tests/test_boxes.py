@@ -1,7 +1,13 @@
 import pytest
 
-from vlm_recipes.boxes import (format_answer, openfoodfacts_to_xyxy, parse_answer, resized_size,
-                               validate_box, xyxy_to_openfoodfacts)
+from vlm_recipes.boxes import (
+    format_answer,
+    openfoodfacts_to_xyxy,
+    parse_answer,
+    resized_size,
+    validate_box,
+    xyxy_to_openfoodfacts,
+)
 from vlm_recipes.errors import InputError
 from vlm_recipes.families import get_family
 

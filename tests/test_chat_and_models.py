@@ -7,8 +7,15 @@ from PIL import Image
 from vlm_recipes.config import load_recipe
 from vlm_recipes.data.chat import IGNORE_INDEX, encode_for_training
 from vlm_recipes.families import get_family
-from vlm_recipes.models.loading import (apply_stage, load_model, load_processor, model_family, part_of,
-                                        stage_reports, trainable_report)
+from vlm_recipes.models.loading import (
+    apply_stage,
+    load_model,
+    load_processor,
+    model_family,
+    part_of,
+    stage_reports,
+    trainable_report,
+)
 
 ANSWERS = ["<|object_ref_start|>nutrition table<|object_ref_end|><|box_start|>(1,2),(300,400)<|box_end|>",
            "[{\"bbox_2d\": [5, 6, 70, 80], \"label\": \"nutrition table\"}]"]

@@ -76,7 +76,6 @@ def test_a_new_objective_is_one_spec_and_one_module(tmp_path, monkeypatch, capsy
     import json
 
     from toy_objective import SmoothedOptions
-
     from vlm_recipes.cli.train import main as train_main
     from vlm_recipes.config import OBJECTIVES, ObjectiveSpec
     from vlm_recipes.config.options import ANSWER_METRICS

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from grad_checks import assert_same_gradients, cached_loss, grads
 from vlm_recipes.config import MRLOptions, ObjectiveConfig, load_recipe
 from vlm_recipes.data.retrieval import SyntheticRetrieval
 from vlm_recipes.errors import InputError
@@ -22,8 +23,6 @@ from vlm_recipes.models.teacher import Teacher, TeacherBatch, TeacherCache, With
 from vlm_recipes.objectives import build_objective
 from vlm_recipes.objectives.distillation import distillation_loss
 from vlm_recipes.objectives.mrl import group_inputs, teacher_rows
-
-from grad_checks import assert_same_gradients, cached_loss, grads
 
 
 def objective_with(processor, **options):

@@ -64,7 +64,6 @@ def _worker(rank: int, port: int, env: dict, runs: list[list[str]], out):
     os.environ.update(env)  # what accelerate launch exports from fsdp.yaml
     _fsdp_on_cpu()
     from signal_at import install
-
     from vlm_recipes.cli.train import main
 
     codes = []

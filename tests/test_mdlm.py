@@ -293,7 +293,7 @@ def test_low_confidence_remasking_commits_the_most_confident_and_remasks_the_res
     confidence = torch.tensor([1.0, 6.0, 2.0, 5.0, 0.5, 4.0])
     history = []
     unmask(_stub(confidence), torch.full((1, 6), mask_id), mask_id, steps=3, block_length=6,
-           remasking="low_confidence", on_step=lambda c: history.append((c[0] != mask_id).nonzero().flatten().tolist()))
+           remasking="low_confidence", on_step=lambda c, history=history: history.append((c[0] != mask_id).nonzero().flatten().tolist()))
     # 2 tokens per step: most confident first (1 and 3), then 5 and 2, the least confident (0, 4) last
     assert history == [[1, 3], [1, 2, 3, 5], [0, 1, 2, 3, 4, 5]]
 
@@ -306,7 +306,7 @@ def test_random_remasking_ignores_confidence_but_keeps_the_schedule():
         history = []
         out, _ = unmask(_stub(confidence), torch.full((1, 6), mask_id), mask_id, steps=3, block_length=6,
                         remasking="random", generator=torch.Generator().manual_seed(seed),
-                        on_step=lambda c: history.append((c[0] != mask_id).nonzero().flatten().tolist()))
+                        on_step=lambda c, history=history: history.append((c[0] != mask_id).nonzero().flatten().tolist()))
         assert [len(h) for h in history] == [2, 4, 6] and out[0].tolist() == [1, 2, 3, 4, 5, 6]
         firsts.add(tuple(history[0]))
     assert len(firsts) > 5  # not always the two most confident
@@ -317,7 +317,7 @@ def test_block_wise_decoding_finishes_each_block_before_the_next():
     confidence = torch.tensor([0.0, 0.0, 0.0, 9.0, 9.0, 9.0])  # the far block is the most confident
     history = []
     unmask(_stub(confidence), torch.full((1, 6), mask_id), mask_id, steps=6, block_length=3,
-           on_step=lambda c: history.append((c[0] != mask_id).nonzero().flatten().tolist()))
+           on_step=lambda c, history=history: history.append((c[0] != mask_id).nonzero().flatten().tolist()))
     assert all(max(h) <= 2 for h in history[:3]) and history[2] == [0, 1, 2]
     assert history[-1] == list(range(6))
     with pytest.raises(ValueError, match="multiple"):

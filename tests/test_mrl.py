@@ -7,6 +7,7 @@ Fast tests use random embeddings or a randomly initialised tiny model; the end-t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -16,19 +17,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import dataclasses
-
+from grad_checks import assert_same_gradients, cached_loss, grads
 from vlm_recipes.config import MRLOptions, ObjectiveConfig, load_recipe
-from vlm_recipes.data.retrieval import (Scene, SyntheticRetrieval, load_retrieval_splits, one_attribute_change,
-                                        random_scene, synthetic_gallery)
+from vlm_recipes.data.retrieval import (
+    Scene,
+    SyntheticRetrieval,
+    load_retrieval_splits,
+    one_attribute_change,
+    random_scene,
+    synthetic_gallery,
+)
 from vlm_recipes.errors import InputError
 from vlm_recipes.evaluation.retrieval import retrieval_metrics
 from vlm_recipes.models.embedding import EncodeSettings, default_dims, embed, pool, tokenize, truncate
 from vlm_recipes.objectives import build_objective, grad_cache
 from vlm_recipes.objectives.grad_cache import split_rows
 from vlm_recipes.objectives.mrl import matryoshka_info_nce
-
-from grad_checks import assert_same_gradients, cached_loss, grads
 
 
 def mrl_objective(processor, options: MRLOptions = MRLOptions()):
@@ -44,7 +48,7 @@ def reference_loss(queries, targets, dims, weights, scale):
     batch = len(queries)
     total = 0.0
     for dim, weight in zip(dims, weights):
-        def unit(v):
+        def unit(v, dim=dim):
             v = v[:dim].double()
             return v / v.norm()
         t2i = i2t = 0.0
@@ -354,8 +358,8 @@ def test_trainer_mines_negatives_with_the_model_it_trains(random_tiny_dirs, tmp_
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from vlm_recipes.config import FreezeConfig, StageConfig, TrainConfig
-    from vlm_recipes.models.embedding import encode_texts
     from vlm_recipes.evaluation.retrieval import encode_targets, unique_targets
+    from vlm_recipes.models.embedding import encode_texts
     from vlm_recipes.training.trainer import RecipeTrainer, training_arguments
 
     path = random_tiny_dirs["qwen2_vl"]

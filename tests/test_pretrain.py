@@ -8,8 +8,15 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText
 
-from vlm_recipes.data.objects import (ALIAS_WORDS, COLOUR_NAMES, HELD_OUT_LABELS, KINDS, MAX_PIXELS, MIN_PIXELS,
-                                      ObjectsDataset)
+from vlm_recipes.data.objects import (
+    ALIAS_WORDS,
+    COLOUR_NAMES,
+    HELD_OUT_LABELS,
+    KINDS,
+    MAX_PIXELS,
+    MIN_PIXELS,
+    ObjectsDataset,
+)
 from vlm_recipes.data.synthetic import COLOURS, GENERIC, SHAPES, render_object_example
 from vlm_recipes.families import get_family
 from vlm_recipes.models.tiny import build_tiny, sincos_position_table

@@ -10,8 +10,8 @@ import json
 import pytest
 
 from vlm_recipes.cli.train import main
-from vlm_recipes.models.loading import tiny_base_path
 from vlm_recipes.families import get_family
+from vlm_recipes.models.loading import tiny_base_path
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,6 @@ import torch
 from safetensors.torch import load_file
 
 from signal_at import install as install_signal
-
 from vlm_recipes.cli import compare, encode
 from vlm_recipes.cli.train import main as train_main
 from vlm_recipes.evaluation.plots import plot_loss

@@ -15,6 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
+from grad_checks import assert_same_gradients, cached_loss, grads
 from vlm_recipes.config import MRLOptions, VideoConfig, load_recipe
 from vlm_recipes.data.motion import ALL_MOTIONS, SyntheticMotion, motion_gallery
 from vlm_recipes.data.retrieval import RetrievalSample, Target, load_retrieval_splits, synthetic_gallery
@@ -24,8 +25,6 @@ from vlm_recipes.evaluation.retrieval import order_by_dim
 from vlm_recipes.models.embedding import EncodeSettings, embed, tokenize
 from vlm_recipes.objectives.grad_cache import split_rows
 from vlm_recipes.objectives.mrl import MRLCollator, group_inputs, matryoshka_info_nce
-
-from grad_checks import assert_same_gradients, cached_loss, grads
 
 FOUR = VideoConfig(num_frames=4, max_frames=8)
 

@@ -37,7 +37,6 @@ from .data.chat import user_messages
 from .objectives import build_objective
 from .objectives.grounding import answer_for
 
-
 # --- measuring ---------------------------------------------------------------------------------
 
 class PeakMemory:
@@ -135,8 +134,7 @@ def summarise(repeats: list[dict]) -> dict:
 def stage_model(recipe: RecipeConfig, objective, device: str):
     """The recipe's first stage applied to its base, LoRA initialised from the recipe's seed: every
     call gives the same weights, so both trainers start alike."""
-    from .models.loading import apply_stage, load_model
-    from .models.loading import resolve_model_path
+    from .models.loading import apply_stage, load_model, resolve_model_path
 
     set_seed(recipe.seed)
     model = objective.prepare_model(load_model(resolve_model_path(recipe.model), recipe.model,

@@ -17,6 +17,7 @@ from ..errors import InputError, first_line
 from .loading import convert, from_dict, join, mapping
 from .options import check_metric, spec_of
 
+
 @dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str = "tiny"

@@ -32,8 +32,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import InputError
 from ..config import VideoConfig
+from ..errors import InputError
 from .sources import IMAGE_SUFFIXES, Rows, decode_image, open_source, resolve_split
 from .synthetic import COLOURS, draw_shape, jitter
 from .video import VIDEO_SUFFIXES, Clip, read_video

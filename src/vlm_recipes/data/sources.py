@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import io
 import json
-import random
 import re
 from dataclasses import dataclass
 from functools import cached_property

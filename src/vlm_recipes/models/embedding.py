@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import QUERY_INSTRUCTION, TARGET_INSTRUCTION, MRLOptions, VideoConfig
-from ..errors import InputError
 from ..data.video import Clip
+from ..errors import InputError
 
 Pooling = Literal["last", "mean"]
 

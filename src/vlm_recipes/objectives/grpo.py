@@ -26,7 +26,6 @@ from . import rewards
 from .grounding import answer_for
 from .sft import SFT
 
-
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 

@@ -43,7 +43,6 @@ from ..models.tiny import MASK_TOKEN
 from .base import Objective
 from .grounding import answer_for
 
-
 # --- the noising process and the loss (pure functions, tested against the formula) ---------------
 
 def sample_t(batch: int, eps: float, device=None, generator: torch.Generator | None = None) -> torch.Tensor:

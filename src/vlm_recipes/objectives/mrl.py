@@ -16,7 +16,6 @@ import math
 from dataclasses import replace
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
@@ -24,8 +23,13 @@ from ..config import MRLOptions, VideoConfig
 from ..data.retrieval import RetrievalSample
 from ..data.splits import load_splits
 from ..errors import InputError
-from ..evaluation.retrieval import (RetrievalEvaluator, directions, encode_queries_and_gallery, target_rows,
-                                   unique_targets)
+from ..evaluation.retrieval import (
+    RetrievalEvaluator,
+    directions,
+    encode_queries_and_gallery,
+    target_rows,
+    unique_targets,
+)
 from ..models.distributed import in_batch_layout, rank_and_world
 from ..models.embedding import EncodeSettings, embed, hidden_size, kind_of, resolve_dims, tokenize, truncate
 from ..models.teacher import Teacher, TeacherBatch, TeacherCache, WithTeacher, untaught_metrics

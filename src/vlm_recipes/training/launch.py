@@ -18,8 +18,15 @@ from typing import Iterator
 
 from ..config import load_recipe
 from ..errors import EXIT_FAILED, InputError
-from ..models.distributed import (CLAIMED_RUN_DIR, claimed_run_dir, fsdp_loads_on_cpu, init_processes, launch_strategy,
-                                  launched, on_main)
+from ..models.distributed import (
+    CLAIMED_RUN_DIR,
+    claimed_run_dir,
+    fsdp_loads_on_cpu,
+    init_processes,
+    launch_strategy,
+    launched,
+    on_main,
+)
 from .preemption import Interrupted
 from .run import RunResult, run_recipe
 from .run_dir import RunDir, resumed_recipe

@@ -20,8 +20,7 @@ from ..models.loading import apply_stage, trainable_report
 from .preemption import phase
 from .report import Outcome, write_results
 from .run_dir import RunDir, run_facts
-from .steps import (Run, evaluate_test_splits, load_for_stage, open_run, save_stage_output, stage_entry,
-                    validation_for)
+from .steps import Run, evaluate_test_splits, load_for_stage, open_run, save_stage_output, stage_entry, validation_for
 from .trainer import train_stage
 
 
