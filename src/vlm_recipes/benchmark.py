@@ -317,6 +317,19 @@ def benchmark_evaluation(recipe: RecipeConfig, num_images: int, device: str, rep
 
 # --- mrl encoding: the project's encoder against a plain forward --------------------------------
 
+def alternated_rates(ours, theirs, items: int, repeats: int) -> tuple[list, list]:
+    """(result, items per second) of each call of `ours()` and `theirs()` after one warm-up call each,
+    alternated, so that drift in the machine's speed hits both alike."""
+    def rate(fn):
+        start = time.perf_counter()
+        result = fn()
+        return result, items / (time.perf_counter() - start)
+
+    rate(ours), rate(theirs)  # warm-up
+    timed = [(rate(ours), rate(theirs)) for _ in range(repeats)]
+    return [a for a, _ in timed], [b for _, b in timed]
+
+
 def benchmark_encoding(num_images: int, device: str, repeats: int, model: str = "tiny") -> dict:
     from .models.embedding import EncodeSettings, encode, pool, tokenize
     from .models.loading import load_model, open_base
@@ -344,16 +357,7 @@ def benchmark_encoding(num_images: int, device: str, repeats: int, model: str = 
                                                      dim=-1).cpu())
         return torch.cat(out)
 
-    def rate(fn):
-        start = time.perf_counter()
-        result = fn()
-        return result, len(images) / (time.perf_counter() - start)
-
-    rate(project), rate(plain)  # warm-up
-    ours, theirs = [], []
-    for _ in range(repeats):  # alternated, so that drift in the machine's speed hits both alike
-        ours.append(rate(project))
-        theirs.append(rate(plain))
+    ours, theirs = alternated_rates(project, plain, len(images), repeats)
     ours_rate, theirs_rate = statistics.median(r for _, r in ours), statistics.median(r for _, r in theirs)
     return {"images": len(images), "batch_size": settings.batch_size, "project_items_per_s": ours_rate,
             "plain_items_per_s": theirs_rate, "ratio": ours_rate / theirs_rate,

@@ -49,9 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(build_parser(), run, argv)
 
 
-def run(args) -> int:
-    from .. import benchmark as bench
-    from ..config import load_recipe
+def check_args(args) -> None:
+    """--smoke's settings applied, then the counts and the device checked (one line each)."""
     from ..errors import InputError
 
     if args.smoke:
@@ -67,6 +66,14 @@ def run(args) -> int:
 
         if not torch.cuda.is_available():
             raise InputError("--device cuda: no CUDA device is visible; use --device cpu")
+
+
+def run(args) -> int:
+    from .. import benchmark as bench
+    from ..config import load_recipe
+    from ..errors import InputError
+
+    check_args(args)
     if args.config == "real-size":
         return run_real_size(args)
     result = {"env": bench.environment(args.device), "train": {}}

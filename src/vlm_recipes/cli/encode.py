@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from .predict import OneLineParser, run_main
 
 
@@ -76,13 +76,9 @@ def check_args(args) -> None:
 
 def run(args) -> int:
     check_args(args)  # before the heavy imports: a typo costs no torch start-up
-    import numpy as np
-    import torch
-
     from ..api import check_out_dir
     from ..data.sources import image_files, open_image
     from ..data.video import read_video, video_files
-    from ..models.embedding import Embedder, truncate
 
     out = check_out_dir(args.out) if args.out else None
     settings = settings_for(Path(args.model), args.pooling, args.batch_size)
@@ -91,30 +87,53 @@ def run(args) -> int:
     video_paths = video_files(args.videos) if args.videos else []
     clips = [read_video(p, settings.video, "--videos") for p in video_paths]  # and a bad video
     lines = [line for line in args.texts.read_text().splitlines() if line.strip()] if args.texts else []
-    try:
-        embedder = Embedder.load(args.model, settings=settings)
-    except (OSError, ValueError) as err:
-        raise InputError(f"--model {args.model} could not be loaded ({str(err).strip().splitlines()[0]}): pass a "
-                         "run's model/ or a checkpoint directory with its processor") from None
+    embedder = load_embedder(args.model, settings)
     images = embedder.encode_images(pictures) if paths else None
     videos = embedder.encode_videos(clips) if clips else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, found, embedded in (("images", paths, images), ("videos", video_paths, videos)):
-            if embedded is not None:
-                np.save(out / f"{name}.npy", embedded.numpy())
-                (out / f"{name}.txt").write_text("".join(f"{p}\n" for p in found))
-        if lines:
-            np.save(out / "texts.npy", embedder.encode_texts(lines).numpy())
+        save_embeddings(out, {"images": (paths, images), "videos": (video_paths, videos)},
+                        embedder.encode_texts(lines) if lines else None)
     if args.query:
-        gallery = torch.cat([e for e in (images, videos) if e is not None])  # images first, then videos
-        names = [*paths, *video_paths]
-        dim = args.dim or gallery.shape[1]
-        if dim > gallery.shape[1]:
-            raise InputError(f"--dim {dim}: must be in 1..{gallery.shape[1]}")
-        query = embedder.encode_texts([args.query])
-        scores = (truncate(query, dim) @ truncate(gallery, dim).T)[0]
-        top = scores.topk(min(args.top_k, len(names)))
-        for score, index in zip(top.values.tolist(), top.indices.tolist()):
-            print(f"{score:.4f}  {names[index]}")
+        gallery = [e for e in (images, videos) if e is not None]  # images first, then videos
+        search(embedder, args, [*paths, *video_paths], gallery)
     return 0
+
+
+def load_embedder(model: str, settings):
+    from ..models.embedding import Embedder
+
+    try:
+        return Embedder.load(model, settings=settings)
+    except (OSError, ValueError) as err:
+        raise InputError(f"--model {model} could not be loaded ({first_line(err)}): pass a "
+                         "run's model/ or a checkpoint directory with its processor") from None
+
+
+def save_embeddings(out: Path, embedded: dict, texts) -> None:
+    """DIR/images.npy + images.txt (their paths), the same for videos, and texts.npy."""
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (found, vectors) in embedded.items():
+        if vectors is not None:
+            np.save(out / f"{name}.npy", vectors.numpy())
+            (out / f"{name}.txt").write_text("".join(f"{p}\n" for p in found))
+    if texts is not None:
+        np.save(out / "texts.npy", texts.numpy())
+
+
+def search(embedder, args, names: list, gallery: list) -> None:
+    """Print the --top-k items of the gallery closest to --query, at --dim."""
+    import torch
+
+    from ..models.embedding import truncate
+
+    gallery = torch.cat(gallery)
+    dim = args.dim or gallery.shape[1]
+    if dim > gallery.shape[1]:
+        raise InputError(f"--dim {dim}: must be in 1..{gallery.shape[1]}")
+    query = embedder.encode_texts([args.query])
+    scores = (truncate(query, dim) @ truncate(gallery, dim).T)[0]
+    top = scores.topk(min(args.top_k, len(names)))
+    for score, index in zip(top.values.tolist(), top.indices.tolist()):
+        print(f"{score:.4f}  {names[index]}")

@@ -143,9 +143,14 @@ def diffusion_generate(model, processor, samples: list[ChatSample], canvas_lengt
                                          generator)
         finally:
             model.train(was_training)
+    return answers_and_confidence(tokenizer, canvas, probability)
+
+
+def answers_and_confidence(tokenizer, canvas: torch.Tensor, probability: torch.Tensor) -> tuple[list[str], list[float]]:
+    """The decoded canvas cut at its first <|im_end|>, and the geometric mean of the committed
+    probabilities of its tokens up to and including it (the canvas end if there is none)."""
     texts = tokenizer.batch_decode(canvas, skip_special_tokens=False)
     texts = [t.split(tokenizer.eos_token)[0].replace(tokenizer.pad_token, "") for t in texts]
-    # the answer ends at its first <|im_end|> (the canvas end if there is none)
     is_eos = (canvas == tokenizer.eos_token_id).long()
     answer = (is_eos.cumsum(1) - is_eos) == 0  # (batch, L): before or at the first <|im_end|>
     scores = ((probability.clamp_min(1e-12).log() * answer).sum(1) / answer.sum(1)).exp().tolist()
