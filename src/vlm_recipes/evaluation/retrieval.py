@@ -26,6 +26,7 @@ from ..data.retrieval import RetrievalSample, Target
 from ..models.distributed import map_sharded
 from ..models.embedding import EncodeSettings, encode, hidden_size, resolve_dims, truncate
 from .result import EvalResult, directions_of, stages_line
+from .thumbnails import save_retrieval_targets
 
 METRIC_NAMES = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
 
@@ -138,6 +139,7 @@ class RetrievalEvaluator:
             "![training loss](loss.png)\n\n![fine-tuned retrievals](retrievals.png)\n")
         plot_recall_vs_dim(metrics, run_dir / "recall_vs_dim.png")
         plot_retrievals(samples, finetuned.predictions, run_dir / "retrievals.png")
+        save_retrieval_targets(run_dir, samples)  # report.html's gallery (vlm-recipes report rebuilds it)
 
 
 def unique_targets(samples: list[RetrievalSample]) -> list[Target]:

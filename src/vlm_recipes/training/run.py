@@ -37,6 +37,7 @@ from ..evaluation.result import EvalResult, flatten
 from ..models.distributed import barrier, is_main_process, whole_state_dict
 from ..models.loading import apply_stage, load_model, open_base, trainable_report
 from ..objectives import build_objective
+from .prediction_logging import finish_report, prediction_callbacks
 from .preemption import Interrupted, send_test_signal
 from .trainer import Validation, train_stage
 
@@ -153,6 +154,7 @@ def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_t
             plot_rewards(history, run_dir / "rewards.png", title=recipe.name)
         evaluator.write_report(run_dir, metrics, base_eval, final_eval, data["test"])
         log_evaluation(run_dir, metrics, report_to)
+        finish_report(run_dir, report_to)  # report.html; the test sample's boxes to TensorBoard / W&B
     return RunResult(run_dir, metrics, evaluator.summary(metrics, final_eval))
 
 
@@ -166,7 +168,9 @@ def _train_one_stage(model, recipe, stage, objective, evaluator, data, base, run
     stage_start = time.time()
     log = train_stage(model, stage, objective, data["train"], run_dir / "trainer" / stage.name, recipe.seed,
                       bf16=model.dtype == torch.bfloat16, use_cpu=device == "cpu", report_to=report_to, resume=resume,
-                      validation=validation_for(recipe, stage, evaluator, data["val"]))
+                      validation=validation_for(recipe, stage, evaluator, data["val"]),
+                      extra_callbacks=prediction_callbacks(evaluator, data["test"], run_dir / "trainer" / stage.name,
+                                                           report_to))
     model = save_stage_output(model, base.processor, stage, output, merge=merge)
     return model, {"name": stage.name, "objective": objective.name,
                    "train_seconds": round(time.time() - stage_start, 1),
