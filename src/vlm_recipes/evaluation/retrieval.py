@@ -225,21 +225,28 @@ def order_table(metrics: dict) -> str:
 
 
 def plot_recall_vs_dim(metrics: dict, path: Path) -> None:
+    """Recall@1 against dim: one panel per direction (t2i, i2t), one colour and marker per model, so a
+    base line near 0 cannot hide another direction's or model's."""
     from .plots import plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    styles = {"base": "--", "teacher": ":", "untaught": "-.", "finetuned": "-"}
-    for label, key in report_rows(metrics):
-        for direction, colour in zip(directions_of(metrics[key]), ("tab:blue", "tab:orange")):
+    styles = {"base": ("tab:gray", "s", "--"), "teacher": ("tab:green", "^", ":"),
+              "untaught": ("tab:orange", "D", "-."), "finetuned": ("tab:blue", "o", "-")}
+    directions = directions_of(metrics["finetuned"])
+    dims = [int(d) for d in metrics["finetuned"][directions[0]]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, direction in zip(axes, directions):
+        for label, key in report_rows(metrics):
             rows = metrics[key][direction]
-            ax.plot([int(d) for d in rows], [rows[d]["recall@1"] for d in rows], styles[key], marker="o",
-                    color=colour, label=f"{label} {direction}")
-    dims = [int(d) for d in metrics["finetuned"][directions_of(metrics["finetuned"])[0]]]
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(dims, [str(d) for d in dims])
-    ax.set(xlabel="embedding dim (Matryoshka prefix)", ylabel="Recall@1", ylim=(0, 1.02),
-           title=f"{metrics['recipe']}: Recall@1 vs dim")
-    ax.legend(fontsize=8)
+            colour, marker, style = styles[key]
+            ax.plot([int(d) for d in rows], [rows[d]["recall@1"] for d in rows], linestyle=style, marker=marker,
+                    color=colour, linewidth=2, markersize=6, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(dims, [str(d) for d in dims])
+        ax.set(xlabel="embedding dim (Matryoshka prefix)", ylim=(-0.02, 1.02), title=f"{direction} Recall@1")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Recall@1")
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9)
+    fig.suptitle(f"{metrics['recipe']}: Recall@1 vs dim")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
