@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RECIPE ?= r4-joint
 
-.PHONY: install demo test test-fast lock base-model notebooks clean
+.PHONY: install browser demo test test-fast lock base-model notebooks clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,12 +16,20 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
+## browser: Debian's chromium for the report's browser test (tests/test_report.py), installed with
+## apt-get when it is missing and apt-get is there (as root, else through sudo)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; } || \
+	  echo "chromium is missing and could not be installed with apt-get: the browser tests will be skipped"
+
 ## demo: train and evaluate $(RECIPE) on the embedded default and print the results table
 demo: install
 	$(PY) scripts/train_recipe.py --recipe $(RECIPE)
 
 ## test: the whole suite (unit tests and end-to-end recipe runs on the tiny default)
-test: install
+test: install browser
 	$(PY) -m pytest -q --durations=10
 
 test-fast: install
