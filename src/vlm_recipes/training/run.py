@@ -12,6 +12,7 @@ Run directory (complete only when status.json says "complete"):
   model/              final adapter or weights + processor (+ stages/<n>-<name>/ for earlier stages)
   trainer/<stage>/    Trainer output; TensorBoard logs under runs/ (evaluation scalars under evaluation/)
   metrics.json, predictions.json, train_log.json, results.md, loss.png, and the evaluator's plots
+  report.html, test_images/   the run's report and the thumbnails it draws on (D30)
 """
 
 from __future__ import annotations
