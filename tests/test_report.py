@@ -83,6 +83,18 @@ def test_different_test_sets_are_named():
     assert "other targets" in gallery.different_test_sets(rows, moved)
 
 
+def test_report_of_text_answers(tmp_path):
+    """Diffusion on conversation data scores answers by exact match: the report lists them too."""
+    rows = [{"image_id": "s0", "target": "a cat", "text": "a cat"}, {"image_id": "s1", "target": "a dog", "text": "a"}]
+    (tmp_path / "metrics.json").write_text(json.dumps({"recipe": "diffusion", "base": {"exact_match": 0.0},
+                                                       "finetuned": {"exact_match": 0.5}}))
+    (tmp_path / "predictions.json").write_text(json.dumps({"base": rows[1:] * 2, "finetuned": rows}))
+    page = write_report(tmp_path).read_text()
+    data = json.loads(page.split('id="report-data">')[1].split("</script>")[0])
+    assert data["kind"] == "text" and [r["m"]["finetuned"]["kinds"] for r in data["rows"]] == [[], ["wrong_answer"]]
+    assert [r["tags"][-1] for r in data["rows"]] == ["b_wins", "both_wrong"]
+
+
 # --- real runs ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

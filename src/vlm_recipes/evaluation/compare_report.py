@@ -12,7 +12,7 @@ from pathlib import Path
 import markdown
 
 from ..errors import InputError
-from .gallery import different_test_sets, is_retrieval_rows
+from .gallery import different_test_sets, is_retrieval_rows, kind_of_rows
 from .report import failure_counts, gallery_data, gallery_section, read_run, render_page
 from .thumbnails import read_index
 
@@ -30,9 +30,9 @@ def pair_data(dir_a: Path, dir_b: Path) -> dict:
     two were not tested on the same test set."""
     a, b = read_run(dir_a), read_run(dir_b)
     rows_a, rows_b = a["predictions"]["finetuned"], b["predictions"]["finetuned"]
-    if is_retrieval_rows(rows_a) != is_retrieval_rows(rows_b):
-        raise InputError(f"{dir_a} and {dir_b}: one is a retrieval run and the other a detection run; "
-                         "--pair needs two runs of the same task")
+    if kind_of_rows(rows_a) != kind_of_rows(rows_b):
+        raise InputError(f"{dir_a} and {dir_b}: one is a {kind_of_rows(rows_a)} run and the other a "
+                         f"{kind_of_rows(rows_b)} run; --pair needs two runs of the same task")
     why = different_test_sets(rows_a, rows_b)
     if why:
         raise InputError(f"{dir_a} and {dir_b} were not tested on the same test set ({why}): an image-by-image "

@@ -28,6 +28,7 @@ from scipy.optimize import linear_sum_assignment
 
 KINDS = ("no_parse", "wrong_label", "iou_below_0.5", "missed_object", "extra_box", "false_positive_on_negative")
 RETRIEVAL_KINDS = ("wrong_top1", "positive_not_in_top5", "positive_not_in_top10")
+TEXT_KINDS = ("wrong_answer",)
 IOU_OK = 0.5
 
 
@@ -180,6 +181,19 @@ def retrieval_outcome(row: dict) -> ImageOutcome:
 def is_retrieval_rows(rows: list[dict]) -> bool:
     """predictions.json rows of a retrieval run (each with its top-10 list)."""
     return bool(rows) and "top10" in rows[0]
+
+
+def kind_of_rows(rows: list[dict]) -> str:
+    """"retrieval" (top-10 lists), "text" (answers scored by exact match: diffusion on conversation
+    data, whose target is a text) or "detection"."""
+    if is_retrieval_rows(rows):
+        return "retrieval"
+    return "text" if rows and isinstance(rows[0].get("target"), str) else "detection"
+
+
+def text_outcome(row: dict) -> ImageOutcome:
+    right = row["text"].strip() == row["target"].strip()
+    return ImageOutcome([] if right else ["wrong_answer"], float(right))
 
 
 def split_key(rows: list[dict]) -> dict[str, str]:

@@ -29,6 +29,7 @@ STYLES = [{"colour": "#2962ff", "dash": "4 3"}, {"colour": "#ff1744", "dash": ""
 """The first model (base, run A) blue and dashed, the second (fine-tuned, run B) red and solid."""
 CURVES = [("loss.png", "training loss"), ("val_curve.png", "validation metric, best step starred"),
           ("rewards.png", "GRPO rewards"), ("recall_vs_dim.png", "Recall@1 against embedding dim")]
+KINDS_OF = {"detection": gallery.KINDS, "retrieval": gallery.RETRIEVAL_KINDS, "text": gallery.TEXT_KINDS}
 PAGE = Path(__file__).resolve().parents[1] / "assets" / "report" / "page.html"
 
 
@@ -59,24 +60,26 @@ def _label_of(config_text: str) -> str | None:
 def gallery_data(models: list[tuple[str, str, list[dict]]], label: str | None, images: dict) -> dict:
     """The JSON the page's script renders. `models`: (key, shown name, predictions.json rows), two of
     them (base and fine-tuned, or run A and run B), rows aligned on the same test items."""
-    retrieval = gallery.is_retrieval_rows(models[0][2])
+    kind = gallery.kind_of_rows(models[0][2])
+    cell_of = {"retrieval": _retrieval_cell, "text": _text_cell}.get(kind, lambda row: _detection_cell(row, label))
     styled = [{"key": key, "name": name, **style} for (key, name, _), style in zip(models, STYLES)]
     rows = []
     for index, items in enumerate(zip(*(rows for _, _, rows in models))):
-        per_model = {key: (_retrieval_cell(row) if retrieval else _detection_cell(row, label))
-                     for (key, _, _), row in zip(models, items)}
+        per_model = {key: cell_of(row) for (key, _, _), row in zip(models, items)}
         first = items[0]
         row = {"index": index, "m": {key: cell for key, (cell, _) in per_model.items()}}
         outcomes = [outcome for _, outcome in per_model.values()]
         row["tags"] = [f"{key}:{kind}" for key, (cell, _) in per_model.items() for kind in cell["kinds"]]
         row["tags"].append(gallery.outcome_of_pair(*outcomes))
-        if retrieval:
+        if kind == "retrieval":
             row.update(id=str(index), query=first["query"], target=first["target"])
+        elif kind == "text":
+            row.update(id=str(first["image_id"]), target=first["target"])
         else:
             row.update(id=str(first["image_id"]), truth=_jsonable(gallery.true_objects(first, label)))
         rows.append(row)
-    kinds = gallery.RETRIEVAL_KINDS if retrieval else gallery.KINDS
-    return {"kind": "retrieval" if retrieval else "detection", "page_size": PAGE_SIZE, "models": styled,
+    kinds = KINDS_OF[kind]
+    return {"kind": kind, "page_size": PAGE_SIZE, "models": styled,
             "truth_style": TRUTH, "focus": styled[1]["key"], "other": styled[0]["key"],
             "filters": _filters(rows, styled, kinds), "images": images, "rows": rows}
 
@@ -87,6 +90,11 @@ def _detection_cell(row: dict, label: str | None) -> tuple[dict, gallery.ImageOu
     iou = sum(outcome.ious) / len(outcome.ious) if outcome.ious else outcome.score
     return {"boxes": _jsonable(predicted), "text": row.get("text", ""), "score": round(outcome.score, 4),
             "iou": round(iou, 4), "kinds": outcome.kinds}, outcome
+
+
+def _text_cell(row: dict) -> tuple[dict, gallery.ImageOutcome]:
+    outcome = gallery.text_outcome(row)
+    return {"text": row["text"], "score": outcome.score, "kinds": outcome.kinds}, outcome
 
 
 def _retrieval_cell(row: dict) -> tuple[dict, gallery.ImageOutcome]:
@@ -156,7 +164,7 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 def failure_counts(data: dict) -> str:
     """Images (queries) per failure kind for each model of the gallery, and how the two compare."""
-    kinds = gallery.RETRIEVAL_KINDS if data["kind"] == "retrieval" else gallery.KINDS
+    kinds = KINDS_OF[data["kind"]]
     rows = []
     for model in data["models"]:
         outcomes = [row["m"][model["key"]]["kinds"] for row in data["rows"]]
@@ -166,7 +174,8 @@ def failure_counts(data: dict) -> str:
     pairs = [{"outcome": option["label"], "count": option["count"]} for option in data["filters"][-1]["options"]]
     return ("<h2>Failures</h2><p>Images (queries) per failure kind; an image can have several. Detection: "
             "true and predicted objects matched one-to-one by IoU; correct = every object found with IoU "
-            "&ge; 0.5 and its label. Retrieval: correct = the positive ranked first.</p>"
+            "&ge; 0.5 and its label. Retrieval: correct = the positive ranked first. Text answers: "
+            "correct = exactly the reference.</p>"
             + table(rows, [("model", "model"), ("correct", "correct"), *[(k, k.replace("_", " ")) for k in kinds]])
             + table(pairs, [("outcome", "image by image"), ("count", "images")]))
 
