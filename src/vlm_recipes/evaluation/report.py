@@ -40,7 +40,8 @@ def read_run(run_dir: Path) -> dict:
         raise InputError(f"{run_dir}: no such run directory")
     missing = [name for name in ("metrics.json", "predictions.json") if not (run_dir / name).is_file()]
     if missing:
-        status = json.loads((run_dir / "status.json").read_text()).get("state") if (run_dir / "status.json").is_file() else "unknown"
+        status_file = run_dir / "status.json"
+        status = json.loads(status_file.read_text()).get("state") if status_file.is_file() else "unknown"
         raise InputError(f"{run_dir}: no {' or '.join(missing)} (run state: {status}); a report needs a finished run")
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     return {"dir": run_dir, "metrics": json.loads((run_dir / "metrics.json").read_text()),
@@ -61,27 +62,29 @@ def gallery_data(models: list[tuple[str, str, list[dict]]], label: str | None, i
     """The JSON the page's script renders. `models`: (key, shown name, predictions.json rows), two of
     them (base and fine-tuned, or run A and run B), rows aligned on the same test items."""
     kind = gallery.kind_of_rows(models[0][2])
-    cell_of = {"retrieval": _retrieval_cell, "text": _text_cell}.get(kind, lambda row: _detection_cell(row, label))
     styled = [{"key": key, "name": name, **style} for (key, name, _), style in zip(models, STYLES)]
-    rows = []
-    for index, items in enumerate(zip(*(rows for _, _, rows in models))):
-        per_model = {key: cell_of(row) for (key, _, _), row in zip(models, items)}
-        first = items[0]
-        row = {"index": index, "m": {key: cell for key, (cell, _) in per_model.items()}}
-        outcomes = [outcome for _, outcome in per_model.values()]
-        row["tags"] = [f"{key}:{kind}" for key, (cell, _) in per_model.items() for kind in cell["kinds"]]
-        row["tags"].append(gallery.outcome_of_pair(*outcomes))
-        if kind == "retrieval":
-            row.update(id=str(index), query=first["query"], target=first["target"])
-        elif kind == "text":
-            row.update(id=str(first["image_id"]), target=first["target"])
-        else:
-            row.update(id=str(first["image_id"]), truth=_jsonable(gallery.true_objects(first, label)))
-        rows.append(row)
-    kinds = KINDS_OF[kind]
+    per_item = zip(*(predictions for _, _, predictions in models))  # (model A's row, model B's row) per item
+    rows = [_gallery_row(index, items, [key for key, _, _ in models], kind, label)
+            for index, items in enumerate(per_item)]
     return {"kind": kind, "page_size": PAGE_SIZE, "models": styled,
-            "truth_style": TRUTH, "focus": styled[1]["key"], "other": styled[0]["key"],
-            "filters": _filters(rows, styled, kinds), "images": images, "rows": rows}
+            "truth_style": {**TRUTH, "name": "positive"} if kind == "retrieval" else TRUTH, "focus": styled[1]["key"], "other": styled[0]["key"],
+            "filters": _filters(rows, styled, KINDS_OF[kind]), "images": images, "rows": rows}
+
+
+def _gallery_row(index: int, items: tuple[dict, ...], keys: list[str], kind: str, label: str | None) -> dict:
+    """One test item: each model's cell, the filter tags (each model's failure kinds and the pair's
+    outcome) and what identifies the item."""
+    cell_of = {"retrieval": _retrieval_cell, "text": _text_cell}.get(kind, lambda row: _detection_cell(row, label))
+    cells = [cell_of(item) for item in items]
+    tags = [f"{key}:{failure}" for key, (cell, _) in zip(keys, cells) for failure in cell["kinds"]]
+    row = {"index": index, "m": {key: cell for key, (cell, _) in zip(keys, cells)},
+           "tags": tags + [gallery.outcome_of_pair(*(outcome for _, outcome in cells))]}
+    first = items[0]
+    if kind == "retrieval":
+        return {**row, "id": str(index), "query": first["query"], "target": first["target"]}
+    if kind == "text":
+        return {**row, "id": str(first["image_id"]), "target": first["target"]}
+    return {**row, "id": str(first["image_id"]), "truth": _jsonable(gallery.true_objects(first, label))}
 
 
 def _detection_cell(row: dict, label: str | None) -> tuple[dict, gallery.ImageOutcome]:
