@@ -63,7 +63,6 @@ def html_pair(args, paths: list[Path]) -> tuple[Path, Path] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..evaluation.compare_report import write_compare
     from ..evaluation.leaderboard import Outputs, default_outputs, leaderboard_for, to_markdown, write_leaderboard
 
     try:
@@ -85,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(f"could not write the leaderboard ({err.strerror or err}: {err.filename}): "
                                  "pass a writable --out-dir, or --no-files") from None
             if args.html:
+                from ..evaluation.compare_report import write_compare
+
                 written.append(write_compare(out.markdown.with_name("compare.html") if args.html is True
                                              else Path(args.html), to_markdown(board), pair))
             print("\nwritten: " + ", ".join(str(p) for p in written))
