@@ -6,10 +6,9 @@ r4-joint logging to TensorBoard and to W&B offline, and a 1-step mrl), give the 
 that the timing, TensorBoard, W&B and browser tests read.
 """
 
+import io
 import json
-import os
 import shutil
-import subprocess
 import time
 
 import numpy as np
@@ -101,16 +100,15 @@ def test_report_of_text_answers(tmp_path):
 def detection_run(tmp_path_factory):
     """r4-joint, 2 steps validated after each, 100 test images, TensorBoard and W&B (offline)."""
     root = tmp_path_factory.mktemp("report")
-    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(root), "WANDB_SILENT": "true"}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(root), "WANDB_SILENT": "true"}.items():
+            env.setenv(key, value)
         assert train(["--recipe", "r4-joint", "--max-steps", "2", "--set", "data.num_train=16",
                       "--set", f"data.num_test={TEST_IMAGES}", "--set", "train.eval_steps=1",
                       "--set", "train.per_device_train_batch_size=4", "--output-dir", str(root / "r4")]) == 0
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+        import wandb
+
+        wandb.finish()  # the CLI's process would end here; in the test session the run stays open
     return root / "r4"
 
 
@@ -175,7 +173,7 @@ def test_tensorboard_holds_the_sample_with_boxes_at_every_evaluation(detection_r
 
     events = EventAccumulator(str(detection_run / "trainer" / "evaluation"), size_guidance={IMAGES: 0}).Reload()
     image = events.Images(sorted(final)[0])[0]
-    pixels = np.asarray(Image.open(__import__("io").BytesIO(image.encoded_image_string)).convert("RGB"))
+    pixels = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB"))
     assert (np.abs(pixels.astype(int) - (255, 23, 68)).sum(-1) < 30).sum() > 20  # a predicted box drawn
 
 
@@ -274,16 +272,19 @@ def test_compare_html_in_a_browser(detection_run, base_as_run, retrieval_run, tm
     browser.evaluate("document.getElementById('gallery-title').scrollIntoView()")
     shot = browser.screenshot(tmp_path / "compare.png")
     assert _box_pixels(shot) > 2000 and _box_pixels(shot, (41, 98, 255)) > 1000  # B red, A blue
-    # runs on other test sets are refused, naming why, before any file is written
-    for other in (retrieval_run,):
-        refused = tmp_path / "refused"
-        assert compare([str(detection_run), str(other), "--out-dir", str(refused), "--html"]) == 2
-        assert not refused.exists()
-    assert "same task" in capsys.readouterr().err
+    # a pair of another task is refused, naming why, before any file is written; without --pair the
+    # first two runs that share a test set are compared
+    refused = tmp_path / "refused"
+    assert compare([str(retrieval_run), str(detection_run), "--out-dir", str(refused), "--html",
+                    "--pair", str(detection_run), str(retrieval_run)]) == 2
+    assert not refused.exists() and "same task" in capsys.readouterr().err
+    assert compare([str(retrieval_run), str(detection_run), str(base_as_run), "--out-dir", str(refused), "--html"]) == 0
+    assert "A: r4 against B: r4-zero-steps" in (refused / "compare.html").read_text()
 
 
 def test_compare_html_refuses_runs_on_different_test_sets(detection_run, short_r4_run, tmp_path, capsys):
-    assert compare([str(detection_run), str(short_r4_run), "--out-dir", str(tmp_path), "--html"]) == 2
+    assert compare([str(detection_run), str(short_r4_run), "--out-dir", str(tmp_path), "--html",
+                    "--pair", str(detection_run), str(short_r4_run)]) == 2
     err = capsys.readouterr().err
     assert "not tested on the same test set (100 test items against 6)" in err and err.count("\n") == 1
     assert not (tmp_path / "compare.html").exists()

@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a self-contained HTML page (default OUT_DIR/compare.html): the leaderboard and "
                         "two runs compared image by image")
     p.add_argument("--pair", nargs=2, type=Path, metavar=("RUN_A", "RUN_B"),
-                   help="the two runs the HTML page compares (default: the first two complete runs given); "
-                        "they must share their test set")
+                   help="the two runs the HTML page compares, refused unless they share their test set "
+                        "(default: the first two complete runs given that do)")
     p.add_argument("--no-files", action="store_true", help="only print the tables")
     return p
 
@@ -46,20 +46,24 @@ def _is_leaf_run(path: Path) -> bool:
 
 
 def html_pair(args, paths: list[Path]) -> tuple[Path, Path] | None:
-    """The two runs compare.html sets side by side (checked to share their test set), or None when
-    fewer than two complete runs were given."""
+    """The two runs compare.html sets side by side: --pair (refused, InputError, when they do not
+    share their test set), else the first two complete runs given that do; None if no two do."""
+    from itertools import combinations
+
     from ..evaluation.compare_report import pair_data
     from ..evaluation.leaderboard import expand_run_dirs, read_run
 
     if args.pair:
-        pair = tuple(args.pair)
-    else:
-        complete = [p for p in expand_run_dirs(paths) if read_run(p).state == "complete"]
-        if len(complete) < 2:
-            return None
-        pair = (complete[0], complete[1])
-    pair_data(*pair)  # InputError: not a finished run, or another test set
-    return pair
+        pair_data(*args.pair)
+        return tuple(args.pair)
+    complete = [p for p in expand_run_dirs(paths) if read_run(p).state == "complete"]
+    for pair in combinations(complete, 2):
+        try:
+            pair_data(*pair)
+        except InputError:  # another task or test set: try the next pair
+            continue
+        return pair
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

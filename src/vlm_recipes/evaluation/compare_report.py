@@ -47,7 +47,8 @@ def build_compare(leaderboard_markdown: str, pair: tuple[Path, Path] | None) -> 
     body = f"<h1>Run comparison</h1>{board}"
     data = {"kind": "detection", "page_size": 1, "models": [], "rows": [], "filters": [], "images": {}}
     if pair is None:
-        body += "<p>Fewer than two complete runs: no image-by-image comparison.</p>"
+        body += ("<p>No two complete runs share a task and a test set: no image-by-image comparison "
+                 "(pick two with --pair to see why).</p>")
     else:
         data = pair_data(*pair)
         a, b = (m["name"] for m in data["models"])
