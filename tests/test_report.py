@@ -94,6 +94,16 @@ def test_report_of_text_answers(tmp_path):
     assert [r["tags"][-1] for r in data["rows"]] == ["b_wins", "both_wrong"]
 
 
+def test_per_category_metrics_become_tables():
+    from vlm_recipes.evaluation.report import category_tables
+
+    metrics = {"base": {"mean_iou": 0.3}, "finetuned": {"mean_iou": 0.6, "per_category": {
+        "table": {"f1@0.5": 0.75, "n": 4}, "barcode": {"f1@0.5": 0.5, "n": 2}}}}
+    html = category_tables(metrics)
+    assert "<h3>per_category, finetuned</h3>" in html and "<td>barcode</td><td>0.500</td><td>2</td>" in html
+    assert "base</h3>" not in html
+
+
 # --- real runs ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -142,7 +152,8 @@ def test_report_of_100_test_images_is_written_in_under_5_seconds(which, request)
     data = json.loads(page.split('id="report-data">')[1].split("</script>")[0])
     print(f"{which}: report.html of {len(data['rows'])} test items in {seconds:.2f} s, {len(page) / 1e6:.1f} MB")
     assert len(data["rows"]) == TEST_IMAGES and data["page_size"] == PAGE_SIZE
-    assert len(data["images"]) == TEST_IMAGES and all(i["src"].startswith("data:image/") for i in data["images"].values())
+    assert len(data["images"]) == TEST_IMAGES
+    assert all(image["src"].startswith("data:image/") for image in data["images"].values())
     assert "http://" not in page and "https://" not in page  # nothing loaded from the network
     assert seconds < 5
 

@@ -213,7 +213,8 @@ def different_test_sets(a: list[dict], b: list[dict]) -> str | None:
         return f"{len(only)} test items of the first run are not in the second (e.g. {only[0]!r})"
     differ = [k for k in key_a if key_a[k] != key_b[k]]
     if differ:
-        return f"{len(differ)} test items have other targets (e.g. {differ[0]!r}: {key_a[differ[0]]} vs {key_b[differ[0]]})"
+        first = differ[0]
+        return f"{len(differ)} test items have other targets (e.g. {first!r}: {key_a[first]} vs {key_b[first]})"
     return None
 
 

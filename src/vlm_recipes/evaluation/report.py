@@ -66,8 +66,9 @@ def gallery_data(models: list[tuple[str, str, list[dict]]], label: str | None, i
     per_item = zip(*(predictions for _, _, predictions in models))  # (model A's row, model B's row) per item
     rows = [_gallery_row(index, items, [key for key, _, _ in models], kind, label)
             for index, items in enumerate(per_item)]
-    return {"kind": kind, "page_size": PAGE_SIZE, "models": styled,
-            "truth_style": {**TRUTH, "name": "positive"} if kind == "retrieval" else TRUTH, "focus": styled[1]["key"], "other": styled[0]["key"],
+    truth = {**TRUTH, "name": "positive"} if kind == "retrieval" else TRUTH
+    return {"kind": kind, "page_size": PAGE_SIZE, "models": styled, "truth_style": truth,
+            "focus": styled[1]["key"], "other": styled[0]["key"],
             "filters": _filters(rows, styled, KINDS_OF[kind]), "images": images, "rows": rows}
 
 
@@ -140,14 +141,16 @@ def gallery_section(data: dict, sort_names: tuple[str, str]) -> str:
     """Controls, legend, the gallery and its pager (the script fills them)."""
     focus, other = sort_names
     legend = "".join(f'<span><i class="swatch" style="border-top: 3px {"dashed" if m["dash"] else "solid"} '
-                     f'{m["colour"]}"></i>{html.escape(m["name"])}</span>' for m in [data["truth_style"], *data["models"]])
+                     f'{m["colour"]}"></i>{html.escape(m["name"])}</span>'
+                     for m in [data["truth_style"], *data["models"]])
     what = "queries" if data["kind"] == "retrieval" else "test images"
     return (f'<h2 id="gallery-title">Gallery: {len(data["rows"])} {what}</h2>'
             '<div class="controls">'
             f'<label>sort <select id="sort"><option value="worst">worst first ({html.escape(focus)})</option>'
             '<option value="index">test order</option>'
             f'<option value="gain">largest gain of {html.escape(focus)} over {html.escape(other)}</option>'
-            f'<option value="loss">largest loss of {html.escape(focus)} against {html.escape(other)}</option></select></label>'
+            f'<option value="loss">largest loss of {html.escape(focus)} against {html.escape(other)}</option>'
+            '</select></label>'
             '<label>show <select id="filter"></select></label>'
             '<label><input type="checkbox" id="boxes" checked> boxes</label>'
             '<span class="pager"><button id="prev">previous</button><span id="page-info"></span>'
@@ -202,9 +205,10 @@ def category_tables(metrics: dict) -> str:
     for model in ("base", "finetuned"):
         for name, value in (metrics.get(model) or {}).items():
             if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
-                columns = sorted({k for v in value.values() for k in v})
+                names = sorted({k for v in value.values() for k in v})
                 rows = [{"category": cat, **v} for cat, v in value.items()]
-                out += f"<h3>{html.escape(name)}, {model}</h3>" + table(rows, [("category", "category")] + [(c, c) for c in columns])
+                columns = [("category", "category")] + [(n, n) for n in names]
+                out += f"<h3>{html.escape(name)}, {model}</h3>" + table(rows, columns)
     return out
 
 
@@ -234,7 +238,8 @@ def build_report(run_dir: Path) -> str:
     body = (f"<h1>{html.escape(metrics['recipe'])}: {html.escape(run['dir'].name)}</h1>"
             f"{summary_html(run['dir'])}{failure_tables(data, run)}{curves_html(run['dir'])}"
             f"{note}{gallery_section(data, ('fine-tuned', 'base'))}"
-            f"<h2>Recipe as run</h2><details><summary>config.yaml</summary><pre>{html.escape(run['config'])}</pre></details>")
+            "<h2>Recipe as run</h2><details><summary>config.yaml</summary>"
+            f"<pre>{html.escape(run['config'])}</pre></details>")
     return render_page(f"{metrics['recipe']} report", body, data)
 
 

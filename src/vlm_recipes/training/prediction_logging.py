@@ -54,8 +54,8 @@ def wandb_image(image: Image.Image, width: int, height: int, row: dict, label: s
                               "box_caption": o.label or ""} for o in objects],
                 "class_labels": {0: "true", 1: "predicted"}}
 
-    return wandb.Image(image, caption=str(row.get("image_id", "")),
-                       boxes={"truth": group(true_objects(row, label), 0), "prediction": group(predicted_objects(row), 1)})
+    boxes = {"truth": group(true_objects(row, label), 0), "prediction": group(predicted_objects(row), 1)}
+    return wandb.Image(image, caption=str(row.get("image_id", "")), boxes=boxes)
 
 
 def log_rows(rows: list[dict], images: dict[str, tuple[Image.Image, int, int]], step: int, tag: str,
@@ -99,7 +99,7 @@ def prediction_callbacks(evaluator, test_samples: list, stage_dir: Path, report_
     """[PredictionLogger] for a detection run that logs anywhere, else []."""
     if not isinstance(evaluator, AnswerEvaluator) or not {"tensorboard", "wandb"} & set(report_to):
         return []
-    sample = test_samples[:SAMPLE_SIZE]
+    sample = [test_samples[i] for i in range(min(SAMPLE_SIZE, len(test_samples)))]  # any sequence, lazy ones too
     if not sample or any(detection_view(s, evaluator.family, evaluator.processor) is None for s in sample):
         return []  # answers that are not boxes (diffusion on a text dataset)
     return [PredictionLogger(evaluator, sample, stage_dir / "predictions", report_to)]
