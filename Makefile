@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RECIPE ?= r4-joint
 
-.PHONY: install demo lint test test-fast lock base-model notebooks clean
+.PHONY: install browser demo lint test test-fast lock base-model notebooks clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,14 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
+## browser: Debian's chromium for the report's browser test (tests/test_report.py), installed with
+## apt-get when it is missing and apt-get is there (as root, else through sudo)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; } || \
+	  echo "chromium is missing and could not be installed with apt-get: the browser tests will be skipped"
+
 ## demo: train and evaluate $(RECIPE) on the embedded default and print the results table
 demo: install
 	$(PY) scripts/train_recipe.py --recipe $(RECIPE)
@@ -24,8 +32,8 @@ demo: install
 lint: install
 	$(PY) -m ruff check .
 
-## test: lint, then the whole suite (unit tests and end-to-end recipe runs on the tiny default)
-test: lint
+## test: lint, then the whole suite (unit tests, end-to-end recipe runs on the tiny default, the report's browser test)
+test: lint browser
 	$(PY) -m pytest -q --durations=10
 
 test-fast: lint

@@ -17,6 +17,7 @@ COMMANDS = {
     "train": ("vlm_recipes.cli.train", [], "fine-tune a base model with a recipe and compare it with the base"),
     "list": ("vlm_recipes.cli.train", ["--list"], "list the recipes with one-line descriptions"),
     "compare": ("vlm_recipes.cli.compare", [], "gather runs' metrics.json into one leaderboard (markdown, CSV, chart)"),
+    "report": ("vlm_recipes.cli.report", [], "write a run's report.html: failures, curves, a worst-first gallery"),
     "encode": ("vlm_recipes.cli.encode", [], "embed images/texts with an mrl model and search them with a query"),
     "predict": ("vlm_recipes.cli.predict", [], "run a trained model on images and print its answers"),
     "evaluate": ("vlm_recipes.cli.evaluate", [], "evaluate a trained model on a dataset"),

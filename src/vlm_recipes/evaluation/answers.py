@@ -14,9 +14,10 @@ from typing import Callable
 from ..data.detection import DetectionSample
 from ..models.distributed import map_sharded
 from .detection import detection_metrics
-from .generation import first_box
+from .generation import answer_boxes, first_box
 from .plots import plot_box_grid
 from .result import EvalResult, stages_line
+from .thumbnails import save_detection_images
 
 Generate = Callable[[object, list, str], tuple[list[str], list[float]]]
 """(model, samples, desc) -> (answer texts, confidences), one each per sample."""
@@ -54,6 +55,7 @@ class AnswerEvaluator:
         boxes = {name: [p["predicted"] for p in result.predictions]
                  for name, result in (("base", base), ("fine-tuned", finetuned))}
         plot_box_grid(views, boxes, run_dir / "predictions.png", num=self.num_plot)
+        save_detection_images(run_dir, views)  # report.html's gallery (vlm-recipes report rebuilds it)
 
 
 def detection_view(sample, family, processor) -> DetectionSample | None:
@@ -70,20 +72,24 @@ def detection_view(sample, family, processor) -> DetectionSample | None:
 def score_answers(samples: list, texts: list[str], scores: list[float], family, processor) -> EvalResult:
     views = [detection_view(s, family, processor) for s in samples]
     if all(v is not None for v in views):
-        boxes = [first_box(text, view.width, view.height, family, processor) for view, text in zip(views, texts)]
-        return detection_result(views, boxes, texts, scores)
+        found = [answer_boxes(text, view.width, view.height, family, processor)[:1] for view, text in zip(views, texts)]
+        boxes, labels = [f[0][1] if f else None for f in found], [f[0][0] if f else None for f in found]
+        return detection_result(views, boxes, texts, scores, labels)
     hits = [text.strip() == s.answer.strip() for s, text in zip(samples, texts)]
     return EvalResult({"exact_match": statistics.fmean(hits), "n": len(hits)},
                       [{"image_id": s.image_id, "target": s.answer, "text": t} for s, t in zip(samples, texts)])
 
 
 def detection_result(samples: list[DetectionSample], boxes: list, texts: list[str],
-                     scores: list[float] | None = None) -> EvalResult:
-    """Detection metrics and per-image predictions; `scores` rank detections for AP (default 1)."""
+                     scores: list[float] | None = None, labels: list[str | None] | None = None) -> EvalResult:
+    """Detection metrics and per-image predictions; `scores` rank detections for AP (default 1);
+    `labels`: the label the answer gave its box (the report's "wrong label"), if known."""
     metrics = detection_metrics(boxes, [s.box for s in samples], scores)
     scores = scores or [1.0] * len(samples)
+    labels = labels or [None] * len(samples)
     predictions = [{"image_id": s.image_id, "target": list(s.box), "predicted": list(b) if b else None,
-                    "text": t, "score": round(c, 4)} for s, b, t, c in zip(samples, boxes, texts, scores)]
+                    "predicted_label": label, "text": t, "score": round(c, 4)}
+                   for s, b, t, c, label in zip(samples, boxes, texts, scores, labels)]
     return EvalResult(metrics, predictions)
 
 

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_loss(history: list[dict], path: Path, title: str = "") -> None:
@@ -18,6 +19,7 @@ def plot_loss(history: list[dict], path: Path, title: str = "") -> None:
         steps = [p[0] for p in points if p[2] == stage]
         ax.plot(steps, [p[1] for p in points if p[2] == stage], label=stage or None)
     ax.set(xlabel="step", ylabel="training loss", title=f"{title} training loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     if len(points) < 2:  # one point draws no line: say so rather than leave empty axes
         for step, loss, _ in points:
             ax.plot([step], [loss], "o")
@@ -41,6 +43,7 @@ def plot_validation(rows: list[dict], best: dict, path: Path, title: str = "") -
     ax.plot([best["step"]], [best["value"]], marker="*", markersize=14, color="tab:red", linestyle="none",
             label=f"best: {best['value']:.3f} at step {best['step']}")
     ax.set(xlabel="step", ylabel=f"validation {metric}", title=f"{title} validation {metric}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -72,28 +75,30 @@ def plot_rewards(history: list[dict], path: Path, title: str = "") -> None:
 
 
 def plot_box_grid(samples, predicted: dict[str, list], path: Path, num: int = 8, columns: int = 4) -> None:
-    """Test images with the true box (green) and each model's prediction (one colour per model)."""
-    colours = ["tab:red", "tab:blue", "tab:orange"]
+    """Test images with the true box (green) and each model's prediction (one colour and line style
+    per model), 4 inches a panel, the legend above the panels (never over an image)."""
+    styles = [("tab:blue", "--"), ("tab:red", "-"), ("tab:orange", ":")]
     num = min(num, len(samples))
     rows = max(1, -(-num // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4 * rows + 0.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, index in zip(axes.flat, range(num)):
         sample = samples[index]
         ax.imshow(sample.image)
-        _draw(ax, sample.box, "tab:green", "true")
-        for colour, (name, boxes) in zip(colours, predicted.items()):
+        _draw(ax, sample.box, "tab:green", "-")
+        for (colour, style), boxes in zip(styles, predicted.values()):
             if boxes[index] is not None:
-                _draw(ax, boxes[index], colour, name)
-        ax.set_title(str(sample.image_id), fontsize=8)
-    handles = [Rectangle((0, 0), 1, 1, fill=False, edgecolor=c) for c in ["tab:green", *colours[:len(predicted)]]]
-    fig.legend(handles, ["true", *predicted], loc="lower center", ncol=len(handles))
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=90)
+                _draw(ax, boxes[index], colour, style)
+        ax.set_title(str(sample.image_id), fontsize=10)
+    handles = [plt.Line2D([], [], color=c, linestyle=s, linewidth=2.5)
+               for c, s in [("tab:green", "-"), *styles[:len(predicted)]]]
+    fig.legend(handles, ["true", *predicted], loc="upper center", ncol=len(handles), fontsize=12, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / (4 * rows + 0.6)))
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def _draw(ax, box, colour: str, label: str) -> None:
+def _draw(ax, box, colour: str, style: str) -> None:
     x1, y1, x2, y2 = box
-    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2, label=label))
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2.5, linestyle=style))

@@ -26,6 +26,7 @@ from ..data.retrieval import RetrievalSample, Target
 from ..models.distributed import map_sharded
 from ..models.embedding import EncodeSettings, encode, hidden_size, resolve_dims, truncate
 from .result import EvalResult, directions_of, stages_line
+from .thumbnails import filmstrip, save_retrieval_targets
 
 METRIC_NAMES = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
 
@@ -138,6 +139,7 @@ class RetrievalEvaluator:
             "![training loss](loss.png)\n\n![fine-tuned retrievals](retrievals.png)\n")
         plot_recall_vs_dim(metrics, run_dir / "recall_vs_dim.png")
         plot_retrievals(samples, finetuned.predictions, run_dir / "retrievals.png")
+        save_retrieval_targets(run_dir, samples)  # report.html's gallery (vlm-recipes report rebuilds it)
 
 
 def unique_targets(samples: list[RetrievalSample]) -> list[Target]:
@@ -223,21 +225,28 @@ def order_table(metrics: dict) -> str:
 
 
 def plot_recall_vs_dim(metrics: dict, path: Path) -> None:
+    """Recall@1 against dim: one panel per direction (t2i, i2t), one colour and marker per model, so a
+    base line near 0 cannot hide another direction's or model's."""
     from .plots import plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    styles = {"base": "--", "teacher": ":", "untaught": "-.", "finetuned": "-"}
-    for label, key in report_rows(metrics):
-        for direction, colour in zip(directions_of(metrics[key]), ("tab:blue", "tab:orange")):
+    styles = {"base": ("tab:gray", "s", "--"), "teacher": ("tab:green", "^", ":"),
+              "untaught": ("tab:orange", "D", "-."), "finetuned": ("tab:blue", "o", "-")}
+    directions = directions_of(metrics["finetuned"])
+    dims = [int(d) for d in metrics["finetuned"][directions[0]]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, direction in zip(axes, directions):
+        for label, key in report_rows(metrics):
             rows = metrics[key][direction]
-            ax.plot([int(d) for d in rows], [rows[d]["recall@1"] for d in rows], styles[key], marker="o",
-                    color=colour, label=f"{label} {direction}")
-    dims = [int(d) for d in metrics["finetuned"][directions_of(metrics["finetuned"])[0]]]
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(dims, [str(d) for d in dims])
-    ax.set(xlabel="embedding dim (Matryoshka prefix)", ylabel="Recall@1", ylim=(0, 1.02),
-           title=f"{metrics['recipe']}: Recall@1 vs dim")
-    ax.legend(fontsize=8)
+            colour, marker, style = styles[key]
+            ax.plot([int(d) for d in rows], [rows[d]["recall@1"] for d in rows], linestyle=style, marker=marker,
+                    color=colour, linewidth=2, markersize=6, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(dims, [str(d) for d in dims])
+        ax.set(xlabel="embedding dim (Matryoshka prefix)", ylim=(-0.02, 1.02), title=f"{direction} Recall@1")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Recall@1")
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9)
+    fig.suptitle(f"{metrics['recipe']}: Recall@1 vs dim")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -268,16 +277,3 @@ def plot_retrievals(samples: list, predictions: list[dict], path: Path, num: int
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-def filmstrip(clip, frames: int = 4):
-    """Up to `frames` of a clip's frames, evenly spread, side by side (time runs left to right)."""
-    from PIL import Image
-
-    count = min(frames, len(clip.frames))
-    picked = [clip.frames[round(i * (len(clip.frames) - 1) / max(count - 1, 1))] for i in range(count)]
-    width, height = picked[0].size
-    strip = Image.new("RGB", (width * len(picked) + 2 * (len(picked) - 1), height), "white")
-    for i, frame in enumerate(picked):
-        strip.paste(frame.resize((width, height)), (i * (width + 2), 0))
-    return strip

@@ -17,8 +17,9 @@ from transformers import set_seed
 
 from ..config import RecipeConfig
 from ..models.loading import apply_stage, trainable_report
+from .prediction_logging import prediction_callbacks
 from .preemption import phase
-from .report import Outcome, write_results
+from .results import Outcome, write_results
 from .run_dir import RunDir, run_facts
 from .steps import Run, evaluate_test_splits, load_for_stage, open_run, save_stage_output, stage_entry, validation_for
 from .trainer import train_stage
@@ -96,7 +97,9 @@ def train_stages(run: Run, run_dir: RunDir, model) -> tuple[object, list[dict]]:
         stage_start = time.time()
         info["log"] = train_stage(model, stage, objective, run.data["train"], run_dir.trainer_dir(stage),
                                   run.recipe.seed, bf16=model.dtype == torch.bfloat16, use_cpu=run.device == "cpu",
-                                  report_to=run.report_to, resume=run_dir.resume, validation=validation_for(run, stage))
+                                  report_to=run.report_to, resume=run_dir.resume, validation=validation_for(run, stage),
+                                  extra_callbacks=prediction_callbacks(run.evaluator, run.data["test"],
+                                                                       run_dir.trainer_dir(stage), run.report_to))
         model = save_stage_output(model, run.base.processor, stage, output, merge=not last)
         info["train_seconds"] = round(time.time() - stage_start, 1)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ..evaluation.plots import plot_loss, plot_rewards, plot_validation
 from ..evaluation.result import EvalResult, flatten
 from ..models.distributed import is_main_process
+from .prediction_logging import finish_report
 from .run_dir import RunDir
 from .steps import Run
 
@@ -41,6 +42,7 @@ def write_results(run: Run, run_dir: RunDir, model, outcome: Outcome) -> dict:
             plot_rewards(history, run_dir / "rewards.png", title=run.recipe.name)
         run.evaluator.write_report(run_dir.path, metrics, outcome.base, outcome.final, run.data["test"])
         log_evaluation(run_dir, metrics, run.report_to)
+        finish_report(run_dir.path, run.report_to)  # report.html; the test sample's boxes to TensorBoard / W&B
     return metrics
 
 
