@@ -22,7 +22,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  { command -v apt-get >/dev/null 2>&1 && $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; } || \
-	  echo "chromium is missing and could not be installed with apt-get: the browser tests will be skipped"
+	  echo "chromium is missing and could not be installed with apt-get: the browser tests will fail"
 
 ## demo: train and evaluate $(RECIPE) on the embedded default and print the results table
 demo: install
@@ -34,7 +34,7 @@ lint: install
 
 ## test: lint, then the whole suite (unit tests, end-to-end recipe runs on the tiny default, the report's browser test)
 test: lint browser
-	$(PY) -m pytest -q --durations=10
+	VLM_RECIPES_REQUIRE_BROWSER=1 $(PY) -m pytest -q --durations=10
 
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
