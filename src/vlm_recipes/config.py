@@ -123,6 +123,10 @@ class TrainConfig:
     lr_scheduler_type: str = "cosine"
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
+    drop_last: bool = True
+    """Drop an epoch's last, partial global batch, so that 1 process and N processes at the same global
+    batch train on the same rows (under N processes accelerate would fill it with repeated rows;
+    issue 31). A training split smaller than one global batch is kept whole (its one batch is partial)."""
     logging_steps: int = 10
     """Log the loss every this many steps, capped so that a short run still logs a curve."""
     save_steps: int = 500
@@ -438,7 +442,9 @@ class GRPOOptions:
     num_generations: int = 4
     """Answers sampled per prompt (the group). At least 2: an advantage is relative to the group."""
     prompts_per_step: int = 4
-    """Prompts per optimizer step and process; a step trains on prompts_per_step x num_generations answers."""
+    """Prompts per optimizer step and process; a step trains on prompts_per_step x num_generations answers,
+    also under gradient accumulation (g micro-batches of prompts_per_step x num_generations / g answers,
+    which must divide evenly)."""
     temperature: float = 1.0
     """Sampling temperature of the answers."""
     max_completion_length: int = 64
@@ -475,6 +481,18 @@ class GRPOOptions:
         if any(w < 0 or not math.isfinite(w) for w in weights) or not any(weights):
             raise InputError("objective.options.iou_weight, format_weight and length_weight must be >= 0, "
                              "and at least one > 0")
+
+
+def check_prompts_per_step(options, train: TrainConfig, where: str) -> None:
+    """GRPO splits a step's prompts_per_step x num_generations answers into the stage's
+    gradient_accumulation_steps micro-batches: they must divide evenly."""
+    if not isinstance(options, GRPOOptions):
+        return
+    answers = options.prompts_per_step * options.num_generations
+    if answers % train.gradient_accumulation_steps:
+        raise InputError(f"{where}.train.gradient_accumulation_steps={train.gradient_accumulation_steps}: must divide "
+                         f"objective.options.prompts_per_step x num_generations = {answers} (the answers of one "
+                         "optimizer step, split into that many micro-batches)")
 
 
 OBJECTIVE_OPTIONS: dict[str, type] = {"sft": SFTOptions, "mrl": MRLOptions, "mdlm": MDLMOptions,
@@ -584,6 +602,7 @@ class RecipeConfig:
                                  f"{self.objective.name!r}: a stage may only switch between objectives that share "
                                  "data and evaluator (sft and grpo); make it a separate recipe")
             self._check_validation(stage.train, f"stages.{index}.train")
+            check_prompts_per_step(self.objective_for(stage).options, stage.train, f"stages.{index}")  # issue 31
 
     def _check_validation(self, train: TrainConfig, where: str) -> None:
         check_metric(self.objective.name, self.metric_for_best(train), f"{where}.metric_for_best")

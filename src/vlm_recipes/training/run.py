@@ -37,6 +37,7 @@ from ..evaluation.result import EvalResult, flatten
 from ..models.distributed import barrier, is_main_process, whole_state_dict
 from ..models.loading import apply_stage, load_model, open_base, trainable_report
 from ..objectives import build_objective
+from .checkpoints import disk_full_fails, seed_stage
 from .preemption import Interrupted, send_test_signal
 from .trainer import Validation, train_stage
 
@@ -116,11 +117,14 @@ def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_t
             continue
         trainer_objective = objective if stage.objective is None else build_objective(
             recipe, base.processor, base.family, stage.objective)
+        # issue 31: the stage's init and data order are a function of (seed, index) only, never of
+        # how much random state an earlier (maybe interrupted) stage used (training/checkpoints.py)
+        seed = seed_stage(recipe.seed, index)
         # the last stage, even when finished, is re-entered: its final checkpoint gives its model back
         if index > 0 or model is None:
             model = load_for_stage(source, recipe, stage, trainer_objective, device)
         model, info = _train_one_stage(model, recipe, stage, trainer_objective, evaluator, data, base, run_dir,
-                                       output, device, report_to, resume, merge=not last)
+                                       output, device, report_to, resume, merge=not last, seed=seed)
         if not last:  # each stage's output on the test split: one evaluation each (the last one's is below)
             with phase(f"evaluation of stage {stage.name}"):
                 result, info["shifted"] = evaluate_test_splits(evaluator, model, data, f"stage {stage.name}")
@@ -157,17 +161,18 @@ def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_t
 
 
 def _train_one_stage(model, recipe, stage, objective, evaluator, data, base, run_dir, output, device, report_to,
-                     resume, merge):
+                     resume, merge, seed):
     """Apply the stage (freeze, LoRA), train it with `objective` (from its latest checkpoint when
     resuming), validated by the run's `evaluator`, save its output; returns the model and the stage's
     entry of metrics.json (plus its loss log)."""
     model = apply_stage(model, stage)
     report = trainable_report(model)
     stage_start = time.time()
-    log = train_stage(model, stage, objective, data["train"], run_dir / "trainer" / stage.name, recipe.seed,
+    log = train_stage(model, stage, objective, data["train"], run_dir / "trainer" / stage.name, seed,
                       bf16=model.dtype == torch.bfloat16, use_cpu=device == "cpu", report_to=report_to, resume=resume,
                       validation=validation_for(recipe, stage, evaluator, data["val"]))
-    model = save_stage_output(model, base.processor, stage, output, merge=merge)
+    with disk_full_fails(f"saving stage {stage.name!r}", lambda: max((e["step"] for e in log), default=None), output):
+        model = save_stage_output(model, base.processor, stage, output, merge=merge)
     return model, {"name": stage.name, "objective": objective.name,
                    "train_seconds": round(time.time() - stage_start, 1),
                    "trainable_params": report.trainable_params, "trainable": report.trainable,
