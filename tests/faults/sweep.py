@@ -140,7 +140,7 @@ class Runner:
     def continue_run(self, run_dir: Path, point: str | None) -> tuple[int, str]:
         """`--resume`, or the same command again when the kill came before the run directory was written
         (nothing to resume: as a user would, start again)."""
-        if not (run_dir / "status.json").is_file():
+        if not (run_dir / "config.yaml").is_file():
             return self.attempt([*self.argv, "--output-dir", run_dir], point)
         return self.attempt(["--resume", run_dir, "--no-wandb"], point)
 
@@ -151,11 +151,13 @@ class Runner:
         run_dir = self.work / name
         code, log = self.attempt([*self.argv, "--output-dir", run_dir], points[0])
         for point in points[1:]:
-            if code != -9:
+            if code != -9 or complete(run_dir):
                 break
             code, log = self.continue_run(run_dir, point)
-        if code == -9:
+        if code == -9 and not complete(run_dir):
             code, log = self.continue_run(run_dir, None)
+        elif code == -9:  # killed after status.json said "complete": the run is finished, nothing to resume
+            code = 0
         self.compare(name, run_dir, code, log, points)
 
     def compare(self, name: str, run_dir: Path, code: int, log: str, points: list[str]) -> None:
@@ -181,6 +183,11 @@ def independent(runner: Runner, count: int, in_checkpoint: int, seed: int = 0) -
     for number, point in enumerate(kill_points(runner.events, count, in_checkpoint, seed)):
         runner.chain(f"point-{number}", [point])
     return runner.outcome
+
+
+def complete(run_dir: Path) -> bool:
+    status = run_dir / "status.json"
+    return status.is_file() and json.loads(status.read_text()).get("state") == "complete"
 
 
 def differs(run: Path, reference: Path) -> str | None:

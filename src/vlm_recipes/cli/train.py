@@ -236,8 +236,8 @@ def clear_for_run(path: Path, overwrite: bool, resume: bool) -> None:
     earlier = [p for p in path.iterdir() if p.name != LOCK_FILE]
     if resume:
         state = read_json(path / "status.json", {}).get("state")
-        if state is None or not (path / "config.yaml").is_file():
-            raise InputError(f"--resume {path}: not a run directory (no status.json and config.yaml): nothing to resume")
+        if not (path / "config.yaml").is_file():  # written first: a run stopped after it can resume (issue 31)
+            raise InputError(f"--resume {path}: not a run directory (no config.yaml): nothing to resume")
         if state == "complete":
             raise InputError(f"--resume {path}: the run is already complete")
         return

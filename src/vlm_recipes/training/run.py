@@ -70,6 +70,7 @@ def run_recipe(recipe: RecipeConfig, run_dir: Path, device: str = "cpu", report_
     objective.prepare_run(device)
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(run_dir, recipe)  # issue 31: before the status, so that a run killed from here on can resume
     write_status(run_dir, "running")
     try:
         result = _train_and_evaluate(recipe, objective, data, base, run_dir, device, list(report_to), command, resume)
@@ -92,8 +93,6 @@ def with_pixel_budget(recipe: RecipeConfig, processor) -> RecipeConfig:
 
 
 def _train_and_evaluate(recipe, objective, data, base, run_dir, device, report_to, command, resume) -> RunResult:
-    if is_main_process():
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
     write_json(run_dir / "run_info.json", run_info(recipe, device, command, base.family.name, base.path, run_dir, resume))
     evaluator = objective.evaluator()
 
@@ -313,6 +312,14 @@ def read_json(path: Path, default):
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return default
+
+
+def write_config(run_dir: Path, recipe: RecipeConfig) -> None:
+    """config.yaml, written whole or not at all (what --resume reads the recipe from); main process only."""
+    if is_main_process():
+        tmp = run_dir / ".config.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+        tmp.replace(run_dir / "config.yaml")
 
 
 def write_json(path: Path, data) -> None:
