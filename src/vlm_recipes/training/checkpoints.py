@@ -102,6 +102,29 @@ def newest_complete(output_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def ends_its_stage(checkpoint: Path) -> bool:
+    """Whether `checkpoint` is its stage's last step (global_step reached max_steps)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return state["global_step"] >= state["max_steps"] > 0
+
+
+def take_back_finished_stage(trainer, checkpoint: Path) -> None:
+    """The model of a stage that ended at `checkpoint`, without training: Trainer resumed from its
+    last step trains one step too many when that step is not an epoch's end (its loop runs a step
+    before it checks max_steps), so a run killed after a stage's last checkpoint would train on.
+    Loads the weights (and, with load_best_at_end, the best ones), the state and its log, and ends
+    training as Trainer would (callbacks' train begin and end: GRPO drops its reference adapter at the end)."""
+    from transformers.trainer_callback import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    trainer._load_from_checkpoint(str(checkpoint))
+    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint:
+        trainer._load_best_model()
+    handler = trainer.callback_handler  # a training of no steps, as callbacks expect it: begin, then end
+    trainer.control = handler.on_train_begin(trainer.args, trainer.state, trainer.control)
+    trainer.control = handler.on_train_end(trainer.args, trainer.state, trainer.control)
+
+
 class CompleteCheckpoints:
     """Trainer mixin: every checkpoint is marked complete once written, and older ones are rotated
     out (`save_total_limit`) only after that. Trainer itself rotates inside its save, before any

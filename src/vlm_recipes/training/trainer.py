@@ -20,10 +20,10 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from ..config import StageConfig, TrainConfig, TrainingDiverged
 from ..errors import InputError
 from ..evaluation.result import flatten, pick_metric
-from ..models.distributed import (fsdp_checkpoints_activations, full_weights, gather_full_weights, launched,
-                                  rank_and_world)
+from ..models.distributed import (fsdp_checkpoints_activations, full_weights, gather_full_weights, launch_strategy,
+                                  launched, rank_and_world)
 from ..models.loading import part_of
-from .checkpoints import CompleteCheckpoints, newest_complete
+from .checkpoints import CompleteCheckpoints, ends_its_stage, newest_complete, take_back_finished_stage
 from .preemption import Interrupted, StopOnSignal, stop_requested, training_phase
 
 LOSS_POINTS = 5
@@ -215,8 +215,11 @@ def train_stage(model, stage: StageConfig, objective, train_data: list, output_d
         callbacks=stage_callbacks(stage, validation, objective.loss_is_positive) + list(extra_callbacks),
         **objective.trainer_inputs(train_data, validation.samples if validation else []))
     checkpoint = latest_checkpoint(output_dir) if resume else None
-    with training_phase(), without_kv_cache(model):
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if checkpoint is not None and ends_its_stage(checkpoint) and launch_strategy() != "fsdp":
+        take_back_finished_stage(trainer, checkpoint)  # issue 31: Trainer would train one step more
+    else:
+        with training_phase(), without_kv_cache(model):
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stop_requested() is not None:
         raise Interrupted(stop_requested(), stage.name, trainer.state.global_step)
     gather_full_weights(trainer.model)
