@@ -38,6 +38,11 @@ OTHERS = {
 }
 
 
+PARTIAL_BATCH = ("r2-vision-only", ["--set", "data.num_train=13"])
+"""13 training rows at a global batch of 8: each epoch ends in a partial batch of 5 (issue 31), which
+train.drop_last (the default) drops in 1 process and in 2 alike; 3 steps = 3 epochs."""
+
+
 def _argv(recipe: str, extra: list[str], batch: int, out: Path) -> list[str]:
     return ["--recipe", recipe, *SMALL, *extra, "--set", f"train.per_device_train_batch_size={batch}",
             "--output-dir", str(out)]
@@ -144,6 +149,7 @@ def two_processes(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ddp")
     runs = [_argv(r, extra, 4, root / r) for r, extra in {**DETECTION, **OTHERS}.items()]
+    runs.append(_argv(*PARTIAL_BATCH, 4, root / "partial-batch"))
     queue = mp.get_context("spawn").SimpleQueue()
     mp.start_processes(_worker, args=(2, _free_port(), runs, queue), nprocs=2, join=True, start_method="spawn")
     return root, {rank: rest for rank, *rest in (queue.get() for _ in range(2))}
@@ -160,7 +166,7 @@ def test_an_error_in_one_process_fails_every_process_with_its_message(two_proces
 
 def test_every_recipe_runs_and_only_the_main_process_writes(two_processes):
     root, results = two_processes
-    assert results[0][1] == results[1][1] == [0] * (len(DETECTION) + len(OTHERS))
+    assert results[0][1] == results[1][1] == [0] * (len(DETECTION) + len(OTHERS) + 1)  # + partial-batch
     assert results[1][2] == []  # rank 1 wrote nothing
     for recipe in [*DETECTION, *OTHERS]:
         assert json.loads((root / recipe / "status.json").read_text()) == {"state": "complete"}
@@ -232,3 +238,15 @@ def test_nproc_launches_processes_that_fail_together_with_one_line(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and "no-model" in errors[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_partial_last_batch_trains_the_same_rows_in_one_process_and_two(two_processes, tmp_path):
+    """train.drop_last: with 13 rows at a global batch of 8, both drop each epoch's 5 leftover rows;
+    without it the 2 processes would fill their last batch with repeated rows (accelerate's
+    even_batches) and train on other rows than one process (issue 31: step 8 of r2 off by 2.2e-2)."""
+    root, _ = two_processes
+    one = one_process(*PARTIAL_BATCH, tmp_path / "one")
+    losses = _losses(one)
+    assert len(losses) == 3 and _losses(root / "partial-batch") == pytest.approx(losses, rel=1e-4)
+    one_epoch = [e for e in json.loads((one / "train_log.json").read_text()) if "epoch" in e and "loss" in e]
+    assert [e["epoch"] for e in one_epoch] == [1.0, 2.0, 3.0]  # one full batch an epoch: 5 rows dropped

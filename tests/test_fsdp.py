@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from test_distributed import _argv, _free_port, _losses, become_launched_process, one_process, one_thread, refused
 
@@ -186,3 +187,19 @@ def test_validation_and_resume_under_fsdp_matchone_process(fsdp_runs, tmp_path):
     assert history[0] == history[1] and len(history[0]) == 2
     metrics = [_json(d / "metrics.json") for d in (one, two)]
     assert metrics[0]["best"] == metrics[1]["best"] and metrics[0]["finetuned"] == metrics[1]["finetuned"]
+
+
+def test_save_drops_a_tied_weight_only_when_it_equals_its_source():
+    """Gathered, tied weights are two tensors: lm_head is dropped (the model saves it once) only when
+    it holds the embedding's values; a pair that differs is saved whole (issue 31)."""
+    from vlm_recipes.models.distributed import without_tied_copies
+
+    embed = torch.randn(5, 3)
+    tied = {"lm_head.weight": "model.embed_tokens.weight"}
+    for lm_head in (embed, embed.clone()):  # the same tensor, or equal values in another one
+        kept = without_tied_copies({"model.embed_tokens.weight": embed, "lm_head.weight": lm_head}, tied)
+        assert list(kept) == ["model.embed_tokens.weight"]
+    untied = embed + 1e-3
+    kept = without_tied_copies({"model.embed_tokens.weight": embed, "lm_head.weight": untied}, tied)
+    assert kept.keys() == {"model.embed_tokens.weight", "lm_head.weight"} and kept["lm_head.weight"] is untied
+    assert without_tied_copies({"lm_head.weight": untied}, tied) == {"lm_head.weight": untied}  # no source: kept

@@ -177,3 +177,67 @@ def test_report_and_leaderboard_show_stages_and_the_shifted_split(tmp_path):
     assert "shifted mean IoU" in board and "0.330" in board and "0.200" in board
     plain = {**metrics, "shifted": None}
     assert "shifted mean IoU" not in to_markdown(build_leaderboard([Run(tmp_path / "r4", "complete", plain)]))
+
+
+# --- issue 31: the same stop tokens in evaluation and GRPO; prompts_per_step under accumulation -----
+
+def _grpo_objective(recipe, base):
+    from vlm_recipes.objectives import build_objective
+
+    return build_objective(recipe, base.processor, base.family, recipe.stages[1].objective)
+
+
+def test_evaluation_and_grpo_stop_at_the_generation_configs_end_tokens(tmp_path):
+    """A model whose generation config lists two end tokens (<|im_end|> and another, here a token the
+    model really generates third): evaluation stops at it, TRL's GRPOTrainer stops its sampling at
+    the same list, and the rewards cut a completion where evaluation cut the answer."""
+    from vlm_recipes.evaluation.generation import _generate, answer_texts, stop_token_ids
+    from vlm_recipes.models.loading import load_model
+    from vlm_recipes.training.trainer import trainer_class_for, training_arguments
+
+    recipe = load_recipe("r5-sft-grpo", ["data.num_train=2", "data.num_test=1", "data.num_shifted=0"])
+    base = open_base(recipe.model)
+    model = load_model(base.path, recipe.model, recipe.stages[1].quantization, "cpu")
+    tokenizer = base.processor.tokenizer
+    image = render_nutrition_example(random.Random(0))[0]
+    _, free, _ = _generate(model, base.processor, [image], [recipe.data.prompt], 8, output_scores=False)
+    free = free[0].tolist()
+    stop_at = next(i for i, t in enumerate(free) if i >= 2 and t not in free[:i] and t != tokenizer.eos_token_id)
+    other_end = free[stop_at]
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, other_end]
+    assert stop_token_ids(model.generation_config, tokenizer) == [tokenizer.eos_token_id, other_end]
+
+    texts, stopped, _ = _generate(model, base.processor, [image], [recipe.data.prompt], 8, output_scores=False)
+    assert stopped[0].tolist()[:stop_at + 1] == free[:stop_at + 1]  # generated up to the second end token
+    assert all(t == tokenizer.pad_token_id for t in stopped[0].tolist()[stop_at + 1:])  # and stopped there
+    assert texts == [tokenizer.decode(free[:stop_at], skip_special_tokens=False)]
+
+    objective = _grpo_objective(recipe, base)
+    model = objective.prepare_model(model)
+    args = training_arguments(recipe.stages[1].train, tmp_path, 0, False, True, [], objective=objective)
+    trainer = trainer_class_for(objective)(model=model, args=args, objective=objective,
+                                           **objective.trainer_inputs(objective.load_data()["train"], []))
+    assert trainer.eos_token_ids == stop_token_ids(model.generation_config, tokenizer) == objective.stop_ids
+    assert trainer.generation_kwargs["eos_token_id"] == objective.stop_ids  # what its sampling stops at
+    completion = free[:stop_at + 1] + [tokenizer.pad_token_id]  # as TRL hands a completion to a reward
+    assert answer_texts(tokenizer, [completion], objective.stop_ids) == texts
+
+
+@pytest.mark.parametrize("accumulation", [1, 2, 4])
+def test_prompts_per_step_holds_under_gradient_accumulation(tmp_path, accumulation):
+    """TRL generates one batch per optimizer step (steps_per_generation = accumulation): it holds
+    prompts_per_step prompts x num_generations answers whatever the accumulation."""
+    from vlm_recipes.training.trainer import training_arguments
+
+    recipe = load_recipe("r5-sft-grpo", [f"stages.1.train.gradient_accumulation_steps={accumulation}"])
+    options, train = recipe.stages[1].objective.options, recipe.stages[1].train
+    args = training_arguments(train, tmp_path, 0, False, True, [], objective=_grpo_objective(recipe, open_base(recipe.model)))
+    assert args.steps_per_generation == accumulation
+    assert args.generation_batch_size == options.prompts_per_step * options.num_generations
+    assert args.per_device_train_batch_size * accumulation == args.generation_batch_size
+
+
+def test_prompts_per_step_must_split_over_the_accumulation_steps():
+    with pytest.raises(InputError) as err:  # 4 prompts x 8 answers = 32, not a multiple of 3
+        load_recipe("r5-sft-grpo", ["stages.1.train.gradient_accumulation_steps=3"])
+    assert "stages.1.train.gradient_accumulation_steps=3" in str(err.value) and "= 32" in str(err.value)

@@ -167,7 +167,9 @@ class GRPOOptions:
     num_generations: int = 4
     """Answers sampled per prompt (the group). At least 2: an advantage is relative to the group."""
     prompts_per_step: int = 4
-    """Prompts per optimizer step and process; a step trains on prompts_per_step x num_generations answers."""
+    """Prompts per optimizer step and process; a step trains on prompts_per_step x num_generations answers,
+    also under gradient accumulation (g micro-batches of prompts_per_step x num_generations / g answers,
+    which must divide evenly)."""
     temperature: float = 1.0
     """Sampling temperature of the answers."""
     max_completion_length: int = 64
@@ -205,6 +207,17 @@ class GRPOOptions:
             raise InputError("objective.options.iou_weight, format_weight and length_weight must be >= 0, "
                              "and at least one > 0")
 
+
+def check_prompts_per_step(options, accumulation_steps: int, where: str) -> None:
+    """GRPO splits a step's prompts_per_step x num_generations answers into the stage's
+    gradient_accumulation_steps micro-batches: they must divide evenly (D32)."""
+    if not isinstance(options, GRPOOptions):
+        return
+    answers = options.prompts_per_step * options.num_generations
+    if answers % accumulation_steps:
+        raise InputError(f"{where}.train.gradient_accumulation_steps={accumulation_steps}: must divide "
+                         f"objective.options.prompts_per_step x num_generations = {answers} (the answers of one "
+                         "optimizer step, split into that many micro-batches)")
 
 
 # --- what the package knows about each objective ------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from ..errors import InputError, first_line
 from .loading import convert, from_dict, join, mapping
-from .options import check_metric, spec_of
+from .options import check_metric, check_prompts_per_step, spec_of
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,10 @@ class TrainConfig:
     lr_scheduler_type: str = "cosine"
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
+    drop_last: bool = True
+    """Drop an epoch's last, partial global batch, so that 1 process and N processes at the same global
+    batch train on the same rows (under N processes accelerate would fill it with repeated rows;
+    D32). A training split smaller than one global batch is kept whole (its one batch is partial)."""
     logging_steps: int = 10
     """Log the loss every this many steps, capped so that a short run still logs a curve."""
     save_steps: int = 500
@@ -336,6 +340,8 @@ class RecipeConfig:
                                  f"{self.objective.name!r}: a stage may only switch between objectives that share "
                                  "data and evaluator (sft and grpo); make it a separate recipe")
             self._check_validation(stage.train, f"stages.{index}.train")
+            check_prompts_per_step(self.objective_for(stage).options, stage.train.gradient_accumulation_steps,
+                                   f"stages.{index}")
 
     def _check_validation(self, train: TrainConfig, where: str) -> None:
         check_metric(self.objective.name, self.metric_for_best(train), f"{where}.metric_for_best")

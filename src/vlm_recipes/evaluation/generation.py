@@ -38,20 +38,35 @@ def _generate(model, processor, images, prompts, max_new_tokens: int, output_sco
     tokenizer = processor.tokenizer
     # synced_gpus=False: every process holds the whole model (gathered under FSDP) and generates its own
     # share, so none waits for the others each token (transformers' default under FSDP is to wait)
+    stop = stop_token_ids(model.generation_config, tokenizer)
     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True, synced_gpus=False,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=stop,
                          output_scores=output_scores, return_dict_in_generate=True)
     model.train(was_training)
     new_tokens = out.sequences[:, batch["input_ids"].shape[1]:]  # (batch, new)
-    return answer_texts(tokenizer, new_tokens), new_tokens, out.scores
+    return answer_texts(tokenizer, new_tokens, stop), new_tokens, out.scores
 
 
-def answer_texts(tokenizer, token_ids) -> list[str]:
-    """Generated token ids -> answer texts, special tokens kept (Qwen2-VL writes boxes with them),
-    each cut at its first end-of-turn token and without padding. Evaluation and GRPO's rewards read
-    answers through this one function, so a reward scores exactly what evaluation would."""
-    return [t.split(tokenizer.eos_token)[0].replace(tokenizer.pad_token, "")
-            for t in tokenizer.batch_decode(token_ids, skip_special_tokens=False)]
+def stop_token_ids(generation_config, tokenizer) -> list[int]:
+    """The tokens an answer ends at: the tokenizer's end token and every end token of the model's
+    generation config (real Qwen checkpoints list <|endoftext|> there too). TRL's GRPOTrainer stops
+    its sampling at exactly these (the same rule, the same order), so evaluation and GRPO's rewards
+    read the same answer from the same model (issue 31)."""
+    ids = getattr(generation_config, "eos_token_id", None)
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    return list(dict.fromkeys([tokenizer.eos_token_id, *ids]))
+
+
+def answer_texts(tokenizer, token_ids, stop_ids: list[int] | None = None) -> list[str]:
+    """Generated token ids (rows of a tensor, or lists) -> answer texts, special tokens kept (Qwen2-VL
+    writes boxes with them), each cut at its first stop token (`stop_token_ids`; default: the
+    tokenizer's end token) and without padding. Evaluation and GRPO's rewards read answers through
+    this one function, so a reward scores exactly what evaluation would."""
+    stop = set(stop_ids or [tokenizer.eos_token_id])
+    rows = token_ids.tolist() if hasattr(token_ids, "tolist") else [list(row) for row in token_ids]
+    cut = [row[:next((i for i, t in enumerate(row) if t in stop), len(row))] for row in rows]
+    return [text.replace(tokenizer.pad_token, "")
+            for text in tokenizer.batch_decode(cut, skip_special_tokens=False)]
 
 
 def generate_answers(model, processor, images: list, prompt: str, batch_size: int, max_new_tokens: int,

@@ -148,9 +148,21 @@ def whole_state_dict(model) -> dict | None:
             if buffer is not None and name not in module._non_persistent_buffers_set:
                 state[f"{prefix}.{name}" if prefix else name] = buffer
     state = {name.replace(_CHECKPOINT_PREFIX, ""): tensor for name, tensor in state.items()}
-    # gathered, tied weights (lm_head = embeddings) are two tensors: keep one, as the model saves it
-    tied = getattr(model, "all_tied_weights_keys", None) or {}
-    return {name: tensor for name, tensor in state.items() if not (name in tied and tied[name] in state)}
+    return without_tied_copies(state, getattr(model, "all_tied_weights_keys", None) or {})
+
+
+def without_tied_copies(state: dict, tied: dict) -> dict:
+    """`state` less each tied weight (`tied`: name -> the name it is tied to, e.g. lm_head.weight ->
+    embed_tokens.weight) that holds the same values as its source: gathered, tied weights are two
+    tensors, and the model saves one. A "tied" pair whose values differ is kept whole (issue 31):
+    dropping one would silently replace trained weights by the others on loading."""
+    def copy_of_source(name: str) -> bool:
+        source = state.get(tied.get(name))
+        tensor = state[name]
+        return source is not None and (tensor is source or (tensor.shape == source.shape and
+                                                            tensor.dtype == source.dtype and torch.equal(tensor, source)))
+
+    return {name: tensor for name, tensor in state.items() if not copy_of_source(name)}
 
 
 def _all_gather(obj) -> list:

@@ -60,7 +60,7 @@ class Objective:
         """Training samples one optimizer step of one process consumes (before accumulation)."""
         return train.per_device_train_batch_size
 
-    def trainer_arguments(self) -> dict:
+    def trainer_arguments(self, train: TrainConfig) -> dict:
         """Arguments of `arguments_class` the objective sets itself (GRPO: its group size, sampling,
         KL and clipping). Default: none."""
         return {}

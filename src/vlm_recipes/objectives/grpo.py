@@ -21,7 +21,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from ..data.chat import user_messages
-from ..evaluation.generation import answer_boxes, answer_texts
+from ..evaluation.generation import answer_boxes, answer_texts, stop_token_ids
 from . import rewards
 from .grounding import answer_for
 from .sft import SFT
@@ -46,11 +46,19 @@ class GRPO(SFT):
         return GRPOConfig
 
     def samples_per_step(self, train) -> int:
-        return self.options.prompts_per_step
+        """Prompts of one micro-batch: a step's prompts_per_step, spread over the accumulation steps."""
+        return max(1, self.options.prompts_per_step // train.gradient_accumulation_steps)
 
-    def trainer_arguments(self) -> dict:
+    def trainer_arguments(self, train) -> dict:
+        """TRL generates once per optimizer step (steps_per_generation = gradient_accumulation_steps) a
+        batch of per_device_train_batch_size x accumulation answers per process: the micro-batch is
+        a step's prompts_per_step x num_generations answers over the accumulation steps, so that a step
+        trains on prompts_per_step prompts whatever the accumulation (issue 31; config checks that it
+        divides)."""
         o = self.options
-        return dict(num_generations=o.num_generations, per_device_train_batch_size=o.prompts_per_step * o.num_generations,
+        answers = o.prompts_per_step * o.num_generations
+        return dict(num_generations=o.num_generations,
+                    per_device_train_batch_size=answers // train.gradient_accumulation_steps,
                     per_device_eval_batch_size=o.num_generations, temperature=o.temperature,
                     max_completion_length=o.max_completion_length, beta=o.beta, epsilon=o.epsilon,
                     loss_type=o.loss_type, scale_rewards=o.scale_rewards,
@@ -68,6 +76,12 @@ class GRPO(SFT):
     def trainer_inputs(self, train: list, val: list) -> dict:
         return {"train_dataset": self.prompts(train), "eval_dataset": self.prompts(val) if val else None,
                 "reward_funcs": self.reward_functions(), "processing_class": left_padding(self.processor)}
+
+    def prepare_model(self, model):
+        """Remember where answers end (the generation config's end tokens and the tokenizer's), so that
+        the rewards cut answers where TRL's sampling and the evaluation stop them."""
+        self.stop_ids = stop_token_ids(model.generation_config, self.processor.tokenizer)
+        return super().prepare_model(model)
 
     def prepare_trainer(self, trainer) -> None:
         trainer.add_callback(DropReferenceAdapter(trainer.model))
@@ -99,7 +113,7 @@ class GRPO(SFT):
         max_tokens = self.options.max_completion_length
 
         def parsed(completion_ids, width, height):
-            texts = answer_texts(processor.tokenizer, completion_ids)
+            texts = answer_texts(processor.tokenizer, completion_ids, getattr(self, "stop_ids", None))
             return [answer_boxes(t, w, h, family, processor) for t, w, h in zip(texts, width, height)]
 
         def iou_reward(completion_ids, box, width, height, log_metric=None, **_):

@@ -17,6 +17,7 @@ from transformers import set_seed
 
 from ..config import RecipeConfig
 from ..models.loading import apply_stage, trainable_report
+from .checkpoints import disk_full_fails, seed_stage
 from .prediction_logging import prediction_callbacks
 from .preemption import phase
 from .results import Outcome, write_results
@@ -44,13 +45,14 @@ def run_recipe(recipe: RecipeConfig, run_dir: Path | RunDir, device: str = "cpu"
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     set_seed(recipe.seed)
     run = open_run(recipe, device, list(report_to))  # bad input fails here, before run_dir is written
+    run_dir.write_config(run.recipe)  # before status.json: a run killed from here on can --resume (D32)
     with run_dir.recording_status():  # running -> complete | interrupted (stage, step) | failed
         return train_and_evaluate(run, run_dir, command)
 
 
 def train_and_evaluate(run: Run, run_dir: RunDir, command: str) -> RunResult:
     recipe, base = run.recipe, run.base
-    run_dir.start(recipe, run_facts(recipe, run.device, command, base.family.name, base.path))
+    run_dir.start(run_facts(recipe, run.device, command, base.family.name, base.path))
     run.evaluator = run.objective.evaluator()
 
     model, (base_eval, base_shifted) = None, run_dir.base_eval()  # a resume reads the base's back
@@ -88,6 +90,7 @@ def train_stages(run: Run, run_dir: RunDir, model) -> tuple[object, list[dict]]:
             source = output
             continue
         objective = run.objective_for(stage)
+        seed = seed_stage(run.recipe.seed, index)  # init and data order from (seed, index) only (D32)
         if index > 0 or model is None:
             model = load_for_stage(source, run.recipe, stage, objective, run.device)
 
@@ -96,11 +99,13 @@ def train_stages(run: Run, run_dir: RunDir, model) -> tuple[object, list[dict]]:
         info = stage_entry(stage, objective, trainable_report(model), str(output.relative_to(run_dir.path)))
         stage_start = time.time()
         info["log"] = train_stage(model, stage, objective, run.data["train"], run_dir.trainer_dir(stage),
-                                  run.recipe.seed, bf16=model.dtype == torch.bfloat16, use_cpu=run.device == "cpu",
+                                  seed, bf16=model.dtype == torch.bfloat16, use_cpu=run.device == "cpu",
                                   report_to=run.report_to, resume=run_dir.resume, validation=validation_for(run, stage),
                                   extra_callbacks=prediction_callbacks(run.evaluator, run.data["test"],
                                                                        run_dir.trainer_dir(stage), run.report_to))
-        model = save_stage_output(model, run.base.processor, stage, output, merge=not last)
+        last_step = max((entry["step"] for entry in info["log"]), default=None)
+        with disk_full_fails(f"saving stage {stage.name!r}", last_step, output):
+            model = save_stage_output(model, run.base.processor, stage, output, merge=not last)
         info["train_seconds"] = round(time.time() - stage_start, 1)
 
         if not last:  # evaluate on the test split (the last stage's model is the final evaluation's)

@@ -81,11 +81,18 @@ class RunDir:
             raise
         self.write_status("complete")
 
-    def start(self, recipe: RecipeConfig, facts: dict) -> None:
-        """config.yaml (the recipe as trained) and run_info.json (`facts` of the first start; a
-        resume keeps them and appends its own command and time)."""
+    def write_config(self, recipe: RecipeConfig) -> None:
+        """config.yaml, the recipe as trained (what --resume reads it from), written whole or not at
+        all and before status.json, so that a run killed from its first file on can resume (D32)."""
         if is_main_process():
-            (self.path / "config.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+            self.path.mkdir(parents=True, exist_ok=True)
+            tmp = self.path / ".config.yaml.tmp"
+            tmp.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+            tmp.replace(self.path / "config.yaml")
+
+    def start(self, facts: dict) -> None:
+        """run_info.json: `facts` of the first start; a resume keeps them and appends its own
+        command and time."""
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         earlier = self.read_json(RUN_INFO_FILE, None) if self.resume else None
         if earlier is None:
@@ -175,8 +182,8 @@ def clear_for_run(path: Path, overwrite: bool, resume: bool) -> None:
     earlier = [p for p in path.iterdir() if p.name != LOCK_FILE]
     if resume:
         state = read_json(path / STATUS_FILE, {}).get("state")
-        if state is None or not (path / "config.yaml").is_file():
-            raise InputError(f"--resume {path}: not a run directory (no status.json and config.yaml): nothing to resume")
+        if not (path / "config.yaml").is_file():  # written first: a run stopped after it can resume (D32)
+            raise InputError(f"--resume {path}: not a run directory (no config.yaml): nothing to resume")
         if state == "complete":
             raise InputError(f"--resume {path}: the run is already complete")
         return

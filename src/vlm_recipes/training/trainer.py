@@ -20,8 +20,16 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from ..config import StageConfig, TrainConfig
 from ..errors import InputError, TrainingDiverged
 from ..evaluation.result import flatten, pick_metric
-from ..models.distributed import fsdp_checkpoints_activations, full_weights, gather_full_weights, launched
+from ..models.distributed import (
+    fsdp_checkpoints_activations,
+    full_weights,
+    gather_full_weights,
+    launch_strategy,
+    launched,
+    rank_and_world,
+)
 from ..models.loading import part_of
+from .checkpoints import CompleteCheckpoints, ends_its_stage, newest_complete, take_back_finished_stage
 from .preemption import Interrupted, StopOnSignal, training_phase
 
 LOSS_POINTS = 5
@@ -38,9 +46,10 @@ class Validation:
     metric: str
 
 
-class RecipeHooks:
-    """What the run adds to a Trainer class: the objective's step and loss, and validation by the
-    task metric. Mixed in before transformers' Trainer or an objective's own subclass of it."""
+class RecipeHooks(CompleteCheckpoints):
+    """What the run adds to a Trainer class: the objective's step and loss, validation by the
+    task metric, and checkpoints that count only once complete (training/checkpoints.py). Mixed in
+    before transformers' Trainer or an objective's own subclass of it."""
 
     def __init__(self, *args, objective, validation: Validation | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -150,7 +159,7 @@ def validation_arguments(train: TrainConfig, metric: str) -> dict:
 
 def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bool, use_cpu: bool,
                        report_to: list[str], find_unused: bool | None = None,
-                       metric: str | None = None, objective=None) -> TrainingArguments:
+                       metric: str | None = None, objective=None, drop_last: bool = False) -> TrainingArguments:
     """The stage's TrainingArguments, or the objective's subclass of them with its own settings
     (the `extra` keys were checked against TrainingArguments at load time)."""
     settings = dict(
@@ -176,13 +185,14 @@ def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bo
         bf16=bf16,
         use_cpu=use_cpu,
         dataloader_num_workers=0,
+        dataloader_drop_last=drop_last,  # `drops_last_batch`
         remove_unused_columns=False,  # samples are objects; the collator builds tensors
         ddp_find_unused_parameters=find_unused,  # None: Trainer's guess; ignored by one process
     )
     if metric is not None:
         settings.update(validation_arguments(train, metric))
     if objective is not None:
-        settings.update(objective.trainer_arguments())
+        settings.update(objective.trainer_arguments(train))
     settings.update(train.extra)  # explicit extras win over the defaults above
     return (getattr(objective, "arguments_class", None) or TrainingArguments)(**settings)
 
@@ -197,11 +207,13 @@ def train_stage(model, stage: StageConfig, objective, train_data: list, output_d
     `Interrupted` after saving a checkpoint when a signal stopped it. `extra_callbacks`: more Trainer
     callbacks (the benchmark's step clock). Under FSDP `model` ends whole in every process (its
     shards gathered), so that the run evaluates, merges and saves it as under DDP."""
-    steps = total_steps(stage.train, len(train_data), objective.samples_per_step(stage.train))
+    batch = objective.samples_per_step(stage.train)
+    drop_last = drops_last_batch(stage.train, len(train_data), batch)
+    steps = total_steps(stage.train, len(train_data), batch, drop_last)
     train = dataclasses.replace(stage.train, logging_steps=min(stage.train.logging_steps, max(1, steps // LOSS_POINTS)))
     args = training_arguments(train, output_dir, seed, bf16, use_cpu, report_to,
                               find_unused_parameters(model, objective, train_data),
-                              validation.metric if validation else None, objective)
+                              validation.metric if validation else None, objective, drop_last)
     if stage.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # frozen embeddings + checkpointing need grads on inputs
     trainer = trainer_class_for(objective)(
@@ -209,10 +221,13 @@ def train_stage(model, stage: StageConfig, objective, train_data: list, output_d
         callbacks=stage_callbacks(stage, validation, objective.loss_is_positive) + list(extra_callbacks),
         **objective.trainer_inputs(train_data, validation.samples if validation else []))
     checkpoint = latest_checkpoint(output_dir) if resume else None
-    with training_phase() as stop, without_kv_cache(model):
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if stop is not None and stop.received is not None:
-        raise Interrupted(stop.received, stage.name, trainer.state.global_step)
+    if checkpoint is not None and ends_its_stage(checkpoint) and launch_strategy() != "fsdp":
+        take_back_finished_stage(trainer, checkpoint)  # Trainer would train one step more (D32)
+    else:
+        with training_phase() as stop, without_kv_cache(model):
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if stop is not None and stop.received is not None:
+            raise Interrupted(stop.received, stage.name, trainer.state.global_step)
     gather_full_weights(trainer.model)
     return trainer.state.log_history
 
@@ -233,22 +248,28 @@ def without_kv_cache(model):
             config.use_cache = value
 
 
-def total_steps(train: TrainConfig, num_samples: int, batch_size: int | None = None) -> int:
+def drops_last_batch(train: TrainConfig, num_samples: int, batch_size: int) -> bool:
+    """Whether the stage drops an epoch's last, partial global batch (`train.drop_last`): only when a
+    full global batch (micro-batch x processes) exists, so a split smaller than one still trains."""
+    return train.drop_last and num_samples >= batch_size * rank_and_world()[1]
+
+
+def total_steps(train: TrainConfig, num_samples: int, batch_size: int | None = None, drop_last: bool = False) -> int:
     """Optimizer steps of a stage (one process), as the Trainer counts them; `batch_size`: samples per
-    micro-batch (default: train.per_device_train_batch_size)."""
+    micro-batch (default: train.per_device_train_batch_size); `drop_last`: the partial last batch
+    of an epoch is dropped."""
     if train.max_steps > 0:
         return train.max_steps
     batch_size = batch_size or train.per_device_train_batch_size
-    per_epoch = max(1, math.ceil(num_samples / batch_size) // train.gradient_accumulation_steps)
+    batches = num_samples // batch_size if drop_last else math.ceil(num_samples / batch_size)
+    per_epoch = max(1, batches // train.gradient_accumulation_steps)
     return math.ceil(per_epoch * train.num_train_epochs)
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The Trainer's newest `checkpoint-<step>` folder in `output_dir`, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    found = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
-    return Path(found) if found else None
+    """The newest complete `checkpoint-<step>` folder in `output_dir`, or None; torn ones are skipped
+    with one line naming each (training/checkpoints.py)."""
+    return newest_complete(output_dir)
 
 
 def stage_callbacks(stage: StageConfig, validation: Validation | None, positive_loss: bool = True) -> list[TrainerCallback]:
