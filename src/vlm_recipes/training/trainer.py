@@ -22,6 +22,7 @@ from ..errors import InputError
 from ..evaluation.result import flatten, pick_metric
 from ..models.distributed import fsdp_checkpoints_activations, full_weights, gather_full_weights, launched
 from ..models.loading import part_of
+from .packing import batching_inputs, sampling_arguments
 from .preemption import Interrupted, StopOnSignal, stop_requested, training_phase
 
 LOSS_POINTS = 5
@@ -181,6 +182,7 @@ def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bo
     )
     if metric is not None:
         settings.update(validation_arguments(train, metric))
+    settings.update(sampling_arguments(train))  # train.group_by_length: Trainer's length-grouped sampler
     if objective is not None:
         settings.update(objective.trainer_arguments())
     settings.update(train.extra)  # explicit extras win over the defaults above
@@ -207,7 +209,8 @@ def train_stage(model, stage: StageConfig, objective, train_data: list, output_d
     trainer = trainer_class_for(objective)(
         model=model, args=args, objective=objective, validation=validation,
         callbacks=stage_callbacks(stage, validation, objective.loss_is_positive) + list(extra_callbacks),
-        **objective.trainer_inputs(train_data, validation.samples if validation else []))
+        **batching_inputs(objective.trainer_inputs(train_data, validation.samples if validation else []),
+                          model, stage.train))  # train.packing / group_by_length (D31)
     checkpoint = latest_checkpoint(output_dir) if resume else None
     with training_phase(), without_kv_cache(model):
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
