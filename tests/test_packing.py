@@ -158,3 +158,16 @@ def test_packing_is_refused_at_load_for_objectives_other_than_sft():
         load_recipe("r4-joint", ["train.packing=dense"])
     with pytest.raises(InputError, match=r"train.max_tokens_per_row=0"):
         load_recipe("r4-joint", ["train.max_tokens_per_row=0"])
+
+
+def test_gpu_check_script_runs_its_code_path_on_cpu():
+    """scripts/check_packing_gpu.py (FA2 on a real-size Qwen2-VL-2B when a GPU is lent) on a scaled-down
+    architecture with SDPA: padding-free equals padded on the real vocabulary and token ids."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "check_packing_gpu.py"
+    spec = importlib.util.spec_from_file_location("check_packing_gpu", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--scaled-down", "--device", "cpu", "--attn", "sdpa", "--rel", "1e-5", "--logit-tol", "1e-5"]) == 0
