@@ -171,3 +171,21 @@ def test_gpu_check_script_runs_its_code_path_on_cpu():
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.main(["--scaled-down", "--device", "cpu", "--attn", "sdpa", "--rel", "1e-5", "--logit-tol", "1e-5"]) == 0
+
+
+def test_group_by_length_gives_trainer_a_length_column_and_the_collator_finds_the_samples():
+    from transformers import TrainingArguments
+
+    from vlm_recipes.config import TrainConfig
+    from vlm_recipes.training.packing import batching_inputs, sampling_arguments
+
+    def collate(samples):  # a sample's length is its string's
+        return {"attention_mask": torch.ones(len(samples), max(map(len, samples))), "samples": samples}
+
+    train = TrainConfig(group_by_length=True)
+    inputs = batching_inputs({"train_dataset": ["aaa", "b", "cc"], "data_collator": collate}, None, train)
+    dataset = inputs["train_dataset"]
+    assert dataset[TrainingArguments(output_dir="unused").length_column_name] == [3, 1, 2]
+    assert inputs["data_collator"]([dataset[2], dataset[0]])["samples"] == ["cc", "aaa"]
+    assert sampling_arguments(train) == {"train_sampling_strategy": "group_by_length"}
+    assert sampling_arguments(TrainConfig()) == {}
