@@ -29,6 +29,8 @@ IGNORE_INDEX = -100
 VISION_KEYS = {1: ("pixel_values", "image_grid_thw", None),  # mm_token_type_ids: 1 image, 2 video
                2: ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")}
 ROPE_INPUTS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+KNOWN_KEYS = {"input_ids", "attention_mask", "labels", "mm_token_type_ids", "pixel_values", "pixel_values_videos",
+              *ROPE_INPUTS}
 
 
 def plan_rows(lengths: Sequence[int], max_tokens: int | None, names: Sequence[str] | None = None) -> list[list[int]]:
@@ -63,6 +65,9 @@ def pack_batch(batch: dict, rope_index: Callable, max_tokens: int | None = None,
                names: Sequence[str] | None = None, pad_token_id: int = 0) -> dict:
     """The right-padded `batch` (the processor's keys + `labels`) as packed rows: see the module
     docstring. `max_tokens` None: padding-free (one row)."""
+    unknown = set(batch) - KNOWN_KEYS
+    if unknown:  # a per-token key packing does not know would be dropped silently
+        raise ValueError(f"pack_batch: unknown batch keys {sorted(unknown)}")
     real = batch["attention_mask"].bool()  # (samples, padded length)
     rope_kwargs = {key: batch[key] for key in ROPE_INPUTS if batch.get(key) is not None}
     positions, _ = rope_index(batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
