@@ -224,6 +224,13 @@ def trl_run(recipe, objective, dataset, steps: int, device: str, warmup: int, ou
                      logging_steps=1, save_strategy="no", report_to=[], seed=recipe.seed, use_cpu=device == "cpu",
                      completion_only_loss=True, max_length=None, dataloader_num_workers=0, **own)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=objective.processor)
+    if not trl_defaults:
+        # SFTTrainer casts a quantized model's trainable (LoRA) weights to bf16 whatever `bf16` says; the
+        # project trains them in float32. On CPU bf16 matmuls are slow, so that cast alone made TRL ~20%
+        # slower on r4 (LoRA on vision and LLM): a difference of setup, not of the trainers (D31).
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
     tokenizer = objective.processor.tokenizer
     counter = CountingCollator(trainer.data_collator, image_token_id(objective.processor),
                                tokenizer.convert_tokens_to_ids(tokenizer.eos_token) if aligned else None)
