@@ -207,9 +207,10 @@ def trl_dataset(samples, recipe, objective, in_memory: bool = True):
 
 
 def trl_run(recipe, objective, dataset, steps: int, device: str, warmup: int, out_dir: Path,
-            aligned: bool, trl_defaults: bool = False) -> dict:
+            aligned: bool, trl_defaults: bool = False, float32_lora: bool | None = None) -> dict:
     """TRL's SFTTrainer on `dataset`. `aligned`: its collator's labels stop at <|im_end|> as ours do.
-    `trl_defaults`: keep SFTConfig's own gradient checkpointing and bf16 instead of ours (off)."""
+    `trl_defaults`: keep SFTConfig's own gradient checkpointing and bf16 instead of ours (off).
+    `float32_lora`: train the LoRA weights in float32 as the project does (default: unless `trl_defaults`)."""
     from trl import SFTConfig, SFTTrainer
 
     stage = recipe.stages[0]
@@ -224,7 +225,7 @@ def trl_run(recipe, objective, dataset, steps: int, device: str, warmup: int, ou
                      logging_steps=1, save_strategy="no", report_to=[], seed=recipe.seed, use_cpu=device == "cpu",
                      completion_only_loss=True, max_length=None, dataloader_num_workers=0, **own)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=objective.processor)
-    if not trl_defaults:
+    if not trl_defaults if float32_lora is None else float32_lora:
         # SFTTrainer casts a quantized model's trainable (LoRA) weights to bf16 whatever `bf16` says; the
         # project trains them in float32. On CPU bf16 matmuls are slow, so that cast alone made TRL ~20%
         # slower on r4 (LoRA on vision and LLM): a difference of setup, not of the trainers (D31).
