@@ -227,8 +227,8 @@ def trl_run(recipe, objective, dataset, steps: int, device: str, warmup: int, ou
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=objective.processor)
     if not trl_defaults if float32_lora is None else float32_lora:
         # SFTTrainer casts a quantized model's trainable (LoRA) weights to bf16 whatever `bf16` says; the
-        # project trains them in float32. On CPU bf16 matmuls are slow, so that cast alone made TRL ~20%
-        # slower on r4 (LoRA on vision and LLM): a difference of setup, not of the trainers (D31).
+        # project trains them in float32. A difference of setup, not of the trainers (D31; measured: a few
+        # percent of TRL's r4 step on CPU).
         for param in trainer.model.parameters():
             if param.requires_grad:
                 param.data = param.data.float()
