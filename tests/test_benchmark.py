@@ -85,7 +85,8 @@ def test_smoke_run_writes_every_key(tmp_path):
 def test_bad_flags_get_one_line_and_exit_2(tmp_path, capsys):
     from vlm_recipes.cli.benchmark import main
 
-    for args in (["--steps", "0"], ["--recipes", "mrl", "--steps", "8"], ["--warmup", "9", "--steps", "8"]):
+    for args in (["--steps", "0"], ["--recipes", "mrl", "--steps", "8"], ["--warmup", "9", "--steps", "8"],
+                 ["--modes", "padded,dense"]):
         assert main([*args, "--out", str(tmp_path / "b.json")]) == 2, args
         err = capsys.readouterr().err
         assert err.strip().count("\n") == 0 and err.startswith("error: "), err
@@ -138,3 +139,11 @@ def test_variable_sizes_spread_the_images_within_the_budget_and_scale_the_boxes(
     assert min(areas) >= 3136 * 0.9 and max(areas) <= 25600 * 1.05 and len(set(areas)) > 10
     for s in resized:  # the box keeps its place relative to the image
         assert s.box[2] / s.width == pytest.approx(0.5) and s.box[3] / s.height == pytest.approx(0.5)
+
+
+def test_batches_built_before_training_are_not_counted():
+    """Length grouping encodes every sample once before training; the step clock restarts the counts."""
+    counter = CountingCollator(lambda s: {"input_ids": torch.ones(1, 3), "attention_mask": torch.ones(1, 3)}, 0)
+    counter([None])
+    StepClock(counter).on_train_begin(None, None, None)
+    assert counter.tokens == [] and counter.fed == []

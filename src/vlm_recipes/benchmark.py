@@ -77,8 +77,13 @@ class PeakMemory:
 class StepClock(TrainerCallback):
     """Wall time at the end of every optimizer step: throughput is taken after `warmup` steps."""
 
-    def __init__(self):
+    def __init__(self, counter=None):
         self.ends: list[float] = []
+        self.counter = counter
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.counter is not None:  # batches built before training (length grouping's lengths) are not steps
+            self.counter.restart()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ends.append(time.perf_counter())
@@ -93,10 +98,10 @@ class CountingCollator:
     def __init__(self, collate, image_token_id: int, end_token_id: int | None = None, fed=None):
         self.collate, self.image_token_id, self.end_token_id = collate, image_token_id, end_token_id
         self.fed_of = fed or (lambda lengths, width: len(lengths) * width)
-        self.tokens: list[int] = []
-        self.image_tokens: list[int] = []
-        self.fed: list[int] = []
-        self.seconds: list[float] = []
+        self.restart()
+
+    def restart(self) -> None:
+        self.tokens, self.image_tokens, self.fed, self.seconds = [], [], [], []
 
     def __call__(self, samples):
         start = time.perf_counter()
@@ -172,7 +177,7 @@ def project_run(recipe, objective, samples, steps: int, device: str, warmup: int
     stage = recipe.stages[0]
     model = stage_model(recipe, objective, device)
     counter = CountingCollator(objective.collate, image_token_id(objective.processor), fed=fed_tokens_of(stage.train))
-    objective.collate, clock = counter, StepClock()
+    objective.collate, clock = counter, StepClock(counter)
     try:
         with PeakMemory(device) as memory:
             log = train_stage(model, stage, objective, samples, out_dir, recipe.seed, bf16=False,

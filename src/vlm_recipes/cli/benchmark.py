@@ -174,8 +174,8 @@ def report(result: dict) -> str:
             lines.append(f"| {name} | {r.get('data', 'default')} | {who} | {m['samples_per_s']:.1f}{spread} | "
                          f"{m['s_per_step']:.3f} | {m['real_tokens_per_s']:.0f} | {m['pad_fraction']:.1%} | "
                          f"{m['collate_s_per_step']:.3f} | {m['peak_mem_mb']:.0f} | {m['final_loss']:.4f} |")
-        lines.append(f"\n{name}: project ({next(iter(r.get('project_modes', {'padded': 0})))}) / TRL = "
-                     f"**{r['ratio']:.2f}x**; best project row ({r.get('best_mode', 'padded')}) / TRL = "
+        lines.append(f"\n{name}: project / TRL = **{r['ratio']:.2f}x** "
+                     f"({next(iter(r.get('project_modes', {'padded': 0})))}); best project row ({r.get('best_mode', 'padded')}) / TRL = "
                      f"**{r.get('ratio_best', r['ratio']):.2f}x** (final-loss relative difference to TRL "
                      f"{r.get('project_modes', {}).get(r.get('best_mode'), r)['loss_rel_diff']:.1e})\n")
     if "eval" not in result:
