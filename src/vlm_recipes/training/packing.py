@@ -52,6 +52,8 @@ def sample_lengths(collate, samples: list) -> list[int]:
 
 def batching_inputs(inputs: dict, model, train: TrainConfig) -> dict:
     """The trainer inputs (`Objective.trainer_inputs`) with the stage's batching applied."""
+    if train.packing == "none" and not train.group_by_length:
+        return inputs  # objectives with their own inputs (GRPO's trainer has no collator) pass as they are
     inputs = dict(inputs)
     collate = inputs["data_collator"]
     if train.group_by_length:
