@@ -7,6 +7,9 @@
 #    and r4-joint (4-bit + LoRA) against the same 1-GPU runs: losses equal (rel 1e-3), and `evaluate`
 #    on the saved model/ reproduces the run's fine-tuned mean IoU (the gathered weights were saved).
 # 3. accelerate launch with zero3.yaml fails with one line and exit code 2.
+# 4. Packed batches (train.packing, D31): a real-size random-init Qwen2-VL-2B, padding-free rows through
+#    FlashAttention-2's varlen path against the padded batch through SDPA: loss (rel 2e-3, bf16) and the
+#    logits of every real token (scripts/check_packing_gpu.py; needs flash-attn; runs alone on 1 GPU).
 # Exit 0 when every check passes. About 5 minutes on 2 GPUs (tiny base, tiny data).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -72,4 +75,6 @@ for config in zero3; do
   if ((code != 0 && lines == 1)); then echo "  ok: $(grep '^error: ' "$OUT/$config.log")"
   else echo "  FAILED: exit $code, $lines error line(s) (log $OUT/$config.log)"; FAILED=1; fi
 done
+echo "== packed (FlashAttention-2, padding-free) vs padded (SDPA) loss on a real-size Qwen2-VL-2B"
+"$PY" "$ROOT/scripts/check_packing_gpu.py" --device cuda --attn flash_attention_2 || { echo "  FAILED"; FAILED=1; }
 exit $FAILED

@@ -26,7 +26,11 @@ SMALL = ["--gpu", "cpu", "--no-wandb", "--max-steps", "3", "--set", "data.num_tr
 DETECTION = {  # per-device batch 4 on 2 processes = 8 on one; LoRA dropout off (masks depend on batch shape)
     "r2-vision-only": [],
     "r4-joint": ["--set", "lora.dropout=0.0"],
+    # packed rows (D31): 2 x 4 samples in rows of at most 150 tokens against 8 samples in such rows
+    "r4-joint-packed": ["--set", "lora.dropout=0.0", "--set", "train.packing=packed",
+                        "--set", "train.max_tokens_per_row=150"],
 }
+RECIPE_OF_RUN = {"r4-joint-packed": "r4-joint"}  # a run's name when it is not its recipe's
 OTHERS = {
     "diffusion": ["--set", "objective.options.steps=8", "--set", "objective.options.canvas_length=48"],
     # mining sharded too; 11 test rows (the metrics need a gallery of at least 10)
@@ -44,7 +48,7 @@ train.drop_last (the default) drops in 1 process and in 2 alike; 3 steps = 3 epo
 
 
 def _argv(recipe: str, extra: list[str], batch: int, out: Path) -> list[str]:
-    return ["--recipe", recipe, *SMALL, *extra, "--set", f"train.per_device_train_batch_size={batch}",
+    return ["--recipe", RECIPE_OF_RUN.get(recipe, recipe), *SMALL, *extra, "--set", f"train.per_device_train_batch_size={batch}",
             "--output-dir", str(out)]
 
 

@@ -76,27 +76,40 @@ class PeakMemory:
 class StepClock(TrainerCallback):
     """Wall time at the end of every optimizer step: throughput is taken after `warmup` steps."""
 
-    def __init__(self):
+    def __init__(self, counter=None):
         self.ends: list[float] = []
+        self.counter = counter
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.counter is not None:  # batches built before training (length grouping's lengths) are not steps
+            self.counter.restart()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ends.append(time.perf_counter())
 
 
 class CountingCollator:
-    """Wraps a collator: counts the text and image tokens of every batch it builds (and, with
-    `mask_after_end`, stops supervising the tokens after each row's first end-of-turn)."""
+    """Wraps a collator: counts the text and image tokens of every batch it builds, the tokens the
+    model is fed (`fed(lengths, padded width)`: pads included; default: the padded batch), and the
+    seconds it takes (and, with `mask_after_end`, stops supervising the tokens after each row's
+    first end-of-turn)."""
 
-    def __init__(self, collate, image_token_id: int, end_token_id: int | None = None):
+    def __init__(self, collate, image_token_id: int, end_token_id: int | None = None, fed=None):
         self.collate, self.image_token_id, self.end_token_id = collate, image_token_id, end_token_id
-        self.tokens: list[int] = []
-        self.image_tokens: list[int] = []
+        self.fed_of = fed or (lambda lengths, width: len(lengths) * width)
+        self.restart()
+
+    def restart(self) -> None:
+        self.tokens, self.image_tokens, self.fed, self.seconds = [], [], [], []
 
     def __call__(self, samples):
+        start = time.perf_counter()
         batch = self.collate(samples)
+        self.seconds.append(time.perf_counter() - start)
         is_image = batch["input_ids"] == self.image_token_id
         self.tokens.append(int(batch["attention_mask"].sum()) - int(is_image.sum()))
         self.image_tokens.append(int(is_image.sum()))
+        self.fed.append(self.fed_of(batch["attention_mask"].sum(1).tolist(), batch["input_ids"].shape[1]))
         if self.end_token_id is not None:
             batch["labels"] = mask_after_first(batch["labels"], self.end_token_id)
         return batch
@@ -113,9 +126,12 @@ def throughput(clock: StepClock, counter: CountingCollator, batch_size: int, war
     steps = len(clock.ends) - 1 - warmup
     seconds = clock.ends[-1] - clock.ends[warmup]
     counted = slice(warmup + 1, warmup + 1 + steps)  # the batches of the timed steps
+    real = sum(counter.tokens[counted]) + sum(counter.image_tokens[counted])
     return {"samples_per_s": steps * batch_size / seconds, "s_per_step": seconds / steps,
             "text_tokens_per_s": sum(counter.tokens[counted]) / seconds,
-            "image_tokens_per_s": sum(counter.image_tokens[counted]) / seconds}
+            "image_tokens_per_s": sum(counter.image_tokens[counted]) / seconds,
+            "real_tokens_per_s": real / seconds, "pad_fraction": 1 - real / sum(counter.fed[counted]),
+            "collate_s_per_step": sum(counter.seconds[counted]) / steps}
 
 
 def summarise(repeats: list[dict]) -> dict:
@@ -142,13 +158,24 @@ def stage_model(recipe: RecipeConfig, objective, device: str):
     return apply_stage(model, recipe.stages[0])
 
 
+def fed_tokens_of(train):
+    """Tokens the model computes for a batch of these real lengths under `train.packing`."""
+    from .data.packing import fed_tokens
+
+    if train.packing == "padding_free":
+        return lambda lengths, width: sum(lengths)
+    if train.packing == "packed":
+        return lambda lengths, width: fed_tokens(lengths, train.max_tokens_per_row)
+    return None  # padded
+
+
 def project_run(recipe, objective, samples, steps: int, device: str, warmup: int, out_dir: Path) -> dict:
     from .training.trainer import train_stage
 
     stage = recipe.stages[0]
     model = stage_model(recipe, objective, device)
-    counter = CountingCollator(objective.collate, image_token_id(objective.processor))
-    objective.collate, clock = counter, StepClock()
+    counter = CountingCollator(objective.collate, image_token_id(objective.processor), fed=fed_tokens_of(stage.train))
+    objective.collate, clock = counter, StepClock(counter)
     try:
         with PeakMemory(device) as memory:
             log = train_stage(model, stage, objective, samples, out_dir, recipe.seed, bf16=False,
@@ -160,34 +187,54 @@ def project_run(recipe, objective, samples, steps: int, device: str, warmup: int
             "peak_mem_mb": memory.peak_mb, "final_loss": losses[-1], "losses": losses}
 
 
-def trl_dataset(samples, recipe, objective):
-    """The samples as the prompt-completion dataset TRL's VLM example trains on (images stored in
-    the dataset, as a hub dataset holds them)."""
+def trl_dataset(samples, recipe, objective, in_memory: bool = True):
+    """The samples as the prompt-completion dataset TRL's VLM example trains on. `in_memory`: each
+    row's image is the decoded PIL image the project trains on (a transform attaches it), as the
+    project's rows hold them; else stored in the dataset (PNG in Arrow, decoded on every access), as
+    a hub dataset holds them: the "TRL defaults" row. Decoding costs TRL ~5% of an r4-joint step on
+    CPU, a difference of setup, not of the trainers (D31)."""
     from datasets import Dataset
 
-    rows = [{"images": [s.image], "prompt": user_messages(recipe.data.prompt),
+    rows = [{"prompt": user_messages(recipe.data.prompt),
              "completion": [{"role": "assistant", "content": [
                  {"type": "text", "text": answer_for(s, objective.family, recipe.data.label, objective.processor)}]}]}
             for s in samples]
-    return Dataset.from_list(rows)
+    if not in_memory:
+        return Dataset.from_list([{"images": [s.image], **row} for s, row in zip(samples, rows)])
+    images = [s.image for s in samples]
+
+    def attach(batch):
+        return {"prompt": batch["prompt"], "completion": batch["completion"],
+                "images": [[images[i]] for i in batch["row"]]}
+    return Dataset.from_list([{"row": i, **row} for i, row in enumerate(rows)]).with_transform(attach)
 
 
 def trl_run(recipe, objective, dataset, steps: int, device: str, warmup: int, out_dir: Path,
-            aligned: bool, trl_defaults: bool = False) -> dict:
+            aligned: bool, trl_defaults: bool = False, float32_lora: bool | None = None) -> dict:
     """TRL's SFTTrainer on `dataset`. `aligned`: its collator's labels stop at <|im_end|> as ours do.
-    `trl_defaults`: keep SFTConfig's own gradient checkpointing and bf16 instead of ours (off)."""
+    `trl_defaults`: keep SFTConfig's own gradient checkpointing and bf16 instead of ours (off).
+    `float32_lora`: train the LoRA weights in float32 as the project does (default: unless `trl_defaults`)."""
     from trl import SFTConfig, SFTTrainer
 
     stage = recipe.stages[0]
     train = stage.train
     model = stage_model(recipe, objective, device)
     own = {} if trl_defaults else {"gradient_checkpointing": False, "bf16": False}
+    if dataset.format["type"] == "custom":  # in-memory images (trl_dataset): the rows are trainer-ready as they are
+        own.update(dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False)
     args = SFTConfig(output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=train.per_device_train_batch_size,
                      learning_rate=train.learning_rate, warmup_steps=train.warmup_ratio, weight_decay=train.weight_decay,
                      lr_scheduler_type=train.lr_scheduler_type, max_grad_norm=train.max_grad_norm,
                      logging_steps=1, save_strategy="no", report_to=[], seed=recipe.seed, use_cpu=device == "cpu",
                      completion_only_loss=True, max_length=None, dataloader_num_workers=0, **own)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=objective.processor)
+    if not trl_defaults if float32_lora is None else float32_lora:
+        # SFTTrainer casts a quantized model's trainable (LoRA) weights to bf16 whatever `bf16` says; the
+        # project trains them in float32. A difference of setup, not of the trainers (D31); on CPU it
+        # measured within noise (r4: 2.81-3.04 samples/s with the cast, 2.89-2.93 without).
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
     tokenizer = objective.processor.tokenizer
     counter = CountingCollator(trainer.data_collator, image_token_id(objective.processor),
                                tokenizer.convert_tokens_to_ids(tokenizer.eos_token) if aligned else None)
@@ -206,70 +253,123 @@ def image_token_id(processor) -> int:
     return processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
 
 
-def benchmark_training(recipe_name: str, overrides: list[str], steps: int, repeats: int, device: str, warmup: int,
-                       trl_defaults_row: bool = True) -> dict:
-    """Project vs TRL (aligned masks), alternating within each repeat so that drift in the
-    machine's speed hits both alike; plus one TRL run with its own defaults. Peak memory: CUDA's
-    allocator peak of each run, or on CPU the peak RSS of a fresh process per trainer."""
-    recipe = load_recipe(recipe_name, overrides)
-    from .models.loading import open_base
+BATCHING = {"padded": [], "padding_free": ["train.packing=padding_free"], "packed": ["train.packing=packed"],
+            "group_by_length": ["train.group_by_length=true"]}
+"""The project's rows: how its SFT batches are built (train.packing, train.group_by_length; D31)."""
 
-    recipe = with_steps(recipe, steps)
-    base = open_base(recipe.model)
-    objective = build_objective(recipe, base.processor, base.family)
-    batch = recipe.stages[0].train.per_device_train_batch_size
-    samples = objective.load_data()["train"][:steps * batch]
+
+def benchmark_training(recipe_name: str, overrides: list[str], steps: int, repeats: int, device: str, warmup: int,
+                       trl_defaults_row: bool = True, modes: tuple[str, ...] = ("padded",),
+                       data: str = "default") -> dict:
+    """Project (one row per batching mode) vs TRL (aligned masks), alternating within each repeat
+    so that drift in the machine's speed hits all alike; plus one TRL run with its own defaults.
+    `data`: "default" (the recipe's rows) or "variable" (`variable_sizes`). Peak memory: CUDA's
+    allocator peak of each run, or on CPU the peak RSS of a fresh process per row."""
+    recipe = with_steps(load_recipe(recipe_name, overrides), steps)
+    objective, samples = training_samples(recipe, steps, data)
     dataset = trl_dataset(samples, recipe, objective)
-    project, trl = [], []
+    stored = trl_dataset(samples, recipe, objective, in_memory=False)  # TRL's defaults: images as a hub dataset
+    recipes = {mode: with_steps(load_recipe(recipe_name, overrides + BATCHING[mode]), steps) for mode in modes}
+    project, trl = {mode: [] for mode in modes}, []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats):
-            project.append(project_run(recipe, objective, samples, steps, device, warmup, Path(tmp) / f"p{i}"))
+            for mode in modes:
+                project[mode].append(project_run(recipes[mode], objective, samples, steps, device, warmup,
+                                                 Path(tmp) / f"{mode}{i}"))
             trl.append(trl_run(recipe, objective, dataset, steps, device, warmup, Path(tmp) / f"t{i}", aligned=True))
-        defaults = (trl_run(recipe, objective, dataset, steps, device, warmup, Path(tmp) / "d", aligned=False,
+        defaults = (trl_run(recipe, objective, stored, steps, device, warmup, Path(tmp) / "d", aligned=False,
                             trl_defaults=True) if trl_defaults_row else None)
-    project_s, trl_s = summarise(project), summarise(trl)
-    diffs = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(project_s["losses"], trl_s["losses"])]
-    result = {"recipe": recipe.name, "steps": steps, "batch_size": batch, "warmup_steps": warmup,
-              "project": project_s, "trl_sft": trl_s, "ratio": project_s["samples_per_s"] / trl_s["samples_per_s"],
-              "loss_rel_diff": diffs[-1], "loss_rel_diff_max": max(diffs),
+    rows, trl_s = {mode: summarise(runs) for mode, runs in project.items()}, summarise(trl)
+    for row in rows.values():
+        row.update(ratio=row["samples_per_s"] / trl_s["samples_per_s"], **loss_differences(row, trl_s))
+    best = max(rows, key=lambda mode: rows[mode]["samples_per_s"])
+    first = rows[modes[0]]
+    result = {"recipe": recipe.name, "data": data, "steps": steps, "batch_size": recipe.stages[0].train.per_device_train_batch_size,
+              "warmup_steps": warmup, "project": first, "project_modes": rows, "trl_sft": trl_s,
+              "ratio": first["ratio"], "loss_rel_diff": first["loss_rel_diff"], "loss_rel_diff_max": first["loss_rel_diff_max"],
+              "best_mode": best, "ratio_best": rows[best]["ratio"],
               "masks": "aligned: TRL's label on the token after <|im_end|> is masked, as the project does"}
+    if data == "variable":
+        result["image_sizes"] = VARIABLE_SIZES
     if defaults is not None:
         result["trl_sft_defaults"] = {k: v for k, v in defaults.items() if k != "losses"}
-        result["ratio_vs_trl_defaults"] = project_s["samples_per_s"] / defaults["samples_per_s"]
+        result["ratio_vs_trl_defaults"] = first["samples_per_s"] / defaults["samples_per_s"]
     if device == "cpu":
-        rows = [("project", "project"), ("trl_sft", "trl")] + [("trl_sft_defaults", "trl-defaults")] * (defaults is not None)
-        for key, trainer in rows:
-            result[key]["peak_mem_mb"] = peak_rss_of_a_fresh_process(trainer, recipe_name, overrides, steps, device)
+        probes = [(rows[mode], "project", BATCHING[mode]) for mode in modes] + [(trl_s, "trl", [])]
+        if defaults is not None:
+            probes.append((result["trl_sft_defaults"], "trl-defaults", []))
+        for row, trainer, extra in probes:
+            row["peak_mem_mb"] = peak_rss_of_a_fresh_process(trainer, recipe_name, overrides + extra, steps, device, data)
     return result
 
 
-def peak_rss_of_a_fresh_process(trainer: str, recipe_name: str, overrides: list[str], steps: int, device: str) -> float:
+def loss_differences(row: dict, reference: dict) -> dict:
+    diffs = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(row["losses"], reference["losses"])]
+    return {"loss_rel_diff": diffs[-1], "loss_rel_diff_max": max(diffs)}
+
+
+def training_samples(recipe: RecipeConfig, steps: int, data: str):
+    """The objective and the training rows `steps` steps use (`data`: "default" or "variable")."""
+    from .models.loading import open_base
+
+    base = open_base(recipe.model)
+    objective = build_objective(recipe, base.processor, base.family)
+    samples = objective.load_data()["train"][:steps * recipe.stages[0].train.per_device_train_batch_size]
+    if data == "variable":
+        size = base.processor.image_processor.size
+        samples = variable_sizes(samples, size["shortest_edge"], size["longest_edge"], recipe.seed)
+    return objective, samples
+
+
+VARIABLE_SIZES = ("half the images as photos larger than the pixel budget, scaled down to it (area = max_pixels); "
+                  "half with an area log-uniform in [min_pixels, max_pixels]; aspect ratio (w:h) uniform over "
+                  "1:2, 9:16, 3:4, 1:1, 4:3, 16:9, 2:1; seeded by the recipe's seed")
+ASPECTS = (1 / 2, 9 / 16, 3 / 4, 1.0, 4 / 3, 16 / 9, 2.0)
+
+
+def variable_sizes(samples: list, min_pixels: int, max_pixels: int, seed: int) -> list:
+    """The detection samples with each image resized (and its box scaled) to a size drawn as
+    `VARIABLE_SIZES` says: the spread of token counts that real photos have under a pixel budget."""
+    import math
+    import random
+
+    rng, out = random.Random(seed), []
+    for sample in samples:
+        area = max_pixels if rng.random() < 0.5 else math.exp(rng.uniform(math.log(min_pixels), math.log(max_pixels)))
+        aspect = rng.choice(ASPECTS)
+        width, height = max(28, round(math.sqrt(area * aspect))), max(28, round(math.sqrt(area / aspect)))
+        sx, sy = width / sample.width, height / sample.height
+        x1, y1, x2, y2 = sample.box
+        out.append(dataclasses.replace(sample, image=sample.image.resize((width, height)), width=width, height=height,
+                                       box=(x1 * sx, y1 * sy, x2 * sx, y2 * sy)))
+    return out
+
+
+def peak_rss_of_a_fresh_process(trainer: str, recipe_name: str, overrides: list[str], steps: int, device: str,
+                                data: str = "default") -> float:
     """Peak RSS (MB) of a new process that trains `steps` steps with `trainer` ("project", "trl" with
     the project's masks, or "trl-defaults"):
     in the benchmark's own process the allocator keeps what an earlier run freed, so its RSS says
     nothing about the second trainer."""
     code = ("import json, sys; from vlm_recipes.benchmark import probe_memory; "
             "print(json.dumps(probe_memory(*json.loads(sys.argv[1]))))")
-    args = json.dumps([trainer, recipe_name, overrides, steps, device])
+    args = json.dumps([trainer, recipe_name, overrides, steps, device, data])
     done = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"memory probe of {trainer} failed: {done.stderr[-2000:]}")
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def probe_memory(trainer: str, recipe_name: str, overrides: list[str], steps: int, device: str) -> float:
+def probe_memory(trainer: str, recipe_name: str, overrides: list[str], steps: int, device: str,
+                 data: str = "default") -> float:
     """The peak RSS (MB) while `trainer` trains (loading the model and data left out)."""
     recipe = with_steps(load_recipe(recipe_name, overrides), steps)
-    from .models.loading import open_base
-
-    base = open_base(recipe.model)
-    objective = build_objective(recipe, base.processor, base.family)
-    samples = objective.load_data()["train"][:steps * recipe.stages[0].train.per_device_train_batch_size]
+    objective, samples = training_samples(recipe, steps, data)
     with tempfile.TemporaryDirectory() as tmp:
         if trainer == "project":
             return project_run(recipe, objective, samples, steps, device, 0, Path(tmp))["peak_mem_mb"]
-        return trl_run(recipe, objective, trl_dataset(samples, recipe, objective), steps, device, 0, Path(tmp),
-                       aligned=trainer == "trl", trl_defaults=trainer == "trl-defaults")["peak_mem_mb"]
+        return trl_run(recipe, objective, trl_dataset(samples, recipe, objective, in_memory=trainer == "trl"), steps,
+                       device, 0, Path(tmp), aligned=trainer == "trl", trl_defaults=trainer == "trl-defaults")["peak_mem_mb"]
 
 
 def with_steps(recipe: RecipeConfig, steps: int) -> RecipeConfig:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .predict import OneLineParser, run_main
 
-SMOKE = {"steps": 4, "repeats": 1, "warmup": 1, "eval_images": 4, "encode_images": 8}
+MODES = ("padded", "padding_free", "packed", "group_by_length")
+SMOKE = {"modes": "padded,packed", "steps": 4, "repeats": 1, "warmup": 1, "eval_images": 4, "encode_images": 8}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="measurements per row; the median is reported (default 3)")
     p.add_argument("--eval-images", type=int, default=64, help="test images generated for (default 64)")
     p.add_argument("--encode-images", type=int, default=256, help="images the mrl encoder embeds (default 256)")
+    p.add_argument("--data", choices=["default", "variable"], default="default", help="training rows: the "
+                   "recipe's own, or the same rows with image sizes spread like photos under the pixel budget "
+                   "(half at the budget, half log-uniform in area, aspect 1:2 to 2:1; benchmark.VARIABLE_SIZES)")
+    p.add_argument("--modes", help="the project's batching rows, comma-separated (train.packing / "
+                   f"train.group_by_length): default {','.join(MODES)}; --smoke: padded,packed")
+    p.add_argument("--train-only", action="store_true", help="skip the evaluation and encoding measurements")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--no-4bit", action="store_true", help="train without the recipe's 4-bit quantization")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field, as "
@@ -55,7 +62,7 @@ def check_args(args) -> None:
 
     if args.smoke:
         for key, value in SMOKE.items():
-            setattr(args, key, value)
+            setattr(args, key, getattr(args, key, None) if key == "modes" and args.modes else value)
     for name in ("steps", "repeats", "eval_images", "encode_images"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
@@ -76,6 +83,10 @@ def run(args) -> int:
     check_args(args)
     if args.config == "real-size":
         return run_real_size(args)
+    modes = tuple(m for m in (args.modes or ",".join(MODES)).split(",") if m)
+    unknown = [m for m in modes if m not in bench.BATCHING]
+    if unknown or not modes:
+        raise InputError(f"--modes {args.modes}: choose from {', '.join(bench.BATCHING)}")
     result = {"env": bench.environment(args.device), "train": {}}
     for name in [n for n in (args.recipes or "r1-llm-only").split(",") if n]:
         overrides = recipe_overrides(args, name)
@@ -84,11 +95,18 @@ def run(args) -> int:
             raise InputError(f"--recipes {name}: objective {recipe.objective.name}; the training comparison with "
                              "TRL's SFTTrainer needs an SFT recipe (r1-llm-only ... r4-joint)")
         result["train"][name] = bench.benchmark_training(name, overrides, args.steps, args.repeats, args.device,
-                                                         args.warmup, trl_defaults_row=not args.smoke)
+                                                         args.warmup, trl_defaults_row=not args.smoke,
+                                                         modes=modes, data=args.data)
+    if args.train_only:
+        return write_result(args, result)
     eval_recipe = load_recipe("r4-joint", recipe_overrides(args, "r4-joint")
                               + [f"data.num_test={args.eval_images}", "data.num_train=1"])  # test rows only
     result["eval"] = bench.benchmark_evaluation(eval_recipe, args.eval_images, args.device, args.repeats)
     result["encode"] = bench.benchmark_encoding(args.encode_images, args.device, args.repeats, args.model)
+    return write_result(args, result)
+
+
+def write_result(args, result: dict) -> int:
     first = next(iter(result["train"].values()), None)
     if first is not None:  # the keys a reader looks for first, at the top level
         result["train"].update({k: first[k] for k in ("project", "trl_sft", "ratio", "loss_rel_diff")})
@@ -149,21 +167,26 @@ def report(result: dict) -> str:
     """The markdown tables README's Performance section shows."""
     lines = [f"Benchmark on {result['env']['device']} ({result['env']['threads']} threads), "
              f"torch {result['env']['torch']}, transformers {result['env']['transformers']}, trl {result['env']['trl']}", "",
-             "| recipe | trainer | samples/s (min-max) | s/step | text tok/s | image tok/s | peak MB | final loss |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| recipe | data | trainer | samples/s (min-max) | s/step | real tok/s | pad fraction | collate s/step "
+             "| peak MB | final loss |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["train"].items():
         if not isinstance(r, dict) or "project" not in r or name in ("project", "trl_sft"):
             continue
-        rows = [("project", r["project"]), ("TRL SFTTrainer (same masks)", r["trl_sft"])]
+        rows = [(f"project, {mode}", m) for mode, m in r.get("project_modes", {"padded": r["project"]}).items()]
+        rows.append(("TRL SFTTrainer (same masks)", r["trl_sft"]))
         if "trl_sft_defaults" in r:
             rows.append(("TRL SFTTrainer, its defaults", r["trl_sft_defaults"]))
         for who, m in rows:
             spread = f" ({m['samples_per_s_min']:.1f}-{m['samples_per_s_max']:.1f})" if "samples_per_s_min" in m else ""
-            lines.append(f"| {name} | {who} | {m['samples_per_s']:.1f}{spread} | {m['s_per_step']:.3f} | "
-                         f"{m['text_tokens_per_s']:.0f} | {m['image_tokens_per_s']:.0f} | {m['peak_mem_mb']:.0f} | "
-                         f"{m['final_loss']:.4f} |")
-        lines.append(f"\n{name}: project / TRL = **{r['ratio']:.2f}x**; final-loss relative difference "
-                     f"{r['loss_rel_diff']:.1e} (max over steps {r['loss_rel_diff_max']:.1e})\n")
+            lines.append(f"| {name} | {r.get('data', 'default')} | {who} | {m['samples_per_s']:.1f}{spread} | "
+                         f"{m['s_per_step']:.3f} | {m['real_tokens_per_s']:.0f} | {m['pad_fraction']:.1%} | "
+                         f"{m['collate_s_per_step']:.3f} | {m['peak_mem_mb']:.0f} | {m['final_loss']:.4f} |")
+        lines.append(f"\n{name}: project / TRL = **{r['ratio']:.2f}x** "
+                     f"({next(iter(r.get('project_modes', {'padded': 0})))}); best project row ({r.get('best_mode', 'padded')}) / TRL = "
+                     f"**{r.get('ratio_best', r['ratio']):.2f}x** (final-loss relative difference to TRL "
+                     f"{r.get('project_modes', {}).get(r.get('best_mode'), r)['loss_rel_diff']:.1e})\n")
+    if "eval" not in result:
+        return "\n".join(lines)
     e, c = result["eval"], result["encode"]
     lines += ["| evaluation | answers/s |", "|---|---|",
               f"| batched ({e['batch_size']} per generate) | {e['batched_answers_per_s']:.1f} |",

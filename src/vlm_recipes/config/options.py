@@ -264,6 +264,8 @@ class ObjectiveSpec:
     same evaluator, so one run can chain them (r5-sft-grpo: SFT, then GRPO)."""
     module: str = ""
     """The module exposing OBJECTIVE_CLASS; "" = vlm_recipes.objectives.<name>."""
+    packs: bool = False
+    """Its batches are padded next-token batches that `train.packing` / `group_by_length` can rebuild (D31)."""
 
     def default_metric_for(self, dataset: str) -> str:
         video = self.video_metric and dataset.split("[")[0] in VIDEO_DATASETS
@@ -271,7 +273,7 @@ class ObjectiveSpec:
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "sft": ObjectiveSpec(SFTOptions, ANSWER_METRICS, "mean_iou", shares_data_with=frozenset({"grpo"})),
+    "sft": ObjectiveSpec(SFTOptions, ANSWER_METRICS, "mean_iou", shares_data_with=frozenset({"grpo"}), packs=True),
     "mrl": ObjectiveSpec(MRLOptions, RETRIEVAL_METRICS, "t2i.recall@1", video_metric="t2v.recall@1"),
     "mdlm": ObjectiveSpec(MDLMOptions, ANSWER_METRICS, "mean_iou"),
     "grpo": ObjectiveSpec(GRPOOptions, ANSWER_METRICS, "mean_iou", shares_data_with=frozenset({"sft"})),

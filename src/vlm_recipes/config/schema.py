@@ -130,6 +130,17 @@ class TrainConfig:
     passes that one on). Saves a checkpoint at every evaluation."""
     early_stopping_patience: int = 0
     """Stop the stage after this many evaluations without a better `metric_for_best`; 0 = never."""
+    packing: Literal["none", "padding_free", "packed"] = "none"
+    """How an SFT micro-batch reaches the model (training/packing.py, D31). "none": one right-padded
+    row per sample. "padding_free": the batch's samples concatenated into one row, no pads.
+    "packed": the samples bin-packed into rows of at most `max_tokens_per_row` tokens. Every sample
+    keeps its own 3-D mRoPE positions (the model's rope index, per sample), attends only to itself
+    and keeps its label mask, so the loss equals the padded one; the steps are the same samples."""
+    max_tokens_per_row: int = 2048
+    """`packing: packed`: the longest row; a sample longer than this is an error naming it."""
+    group_by_length: bool = False
+    """Trainer's length-grouped sampling: batches of similar token counts (fewer pads), in an order
+    that is still shuffled; SFT stages."""
     extra: dict = field(default_factory=dict)
     """Passed to TrainingArguments as is (checked against its fields at load time)."""
 
@@ -153,6 +164,8 @@ class TrainConfig:
             raise InputError(f"train.divergence_factor={self.divergence_factor}: must be > 1, or 0 to turn the check off")
         if self.eval_steps < 1 or self.early_stopping_patience < 0:
             raise InputError("train.eval_steps must be >= 1 and train.early_stopping_patience >= 0")
+        if self.max_tokens_per_row < 1:
+            raise InputError(f"train.max_tokens_per_row={self.max_tokens_per_row}: must be >= 1")
         _check_against_trainer(self)
 
 
@@ -342,6 +355,7 @@ class RecipeConfig:
             self._check_validation(stage.train, f"stages.{index}.train")
             check_prompts_per_step(self.objective_for(stage).options, stage.train.gradient_accumulation_steps,
                                    f"stages.{index}")
+            self._check_batching(stage.train, own, f"stages.{index}.train")
 
     def _check_validation(self, train: TrainConfig, where: str) -> None:
         check_metric(self.objective.name, self.metric_for_best(train), f"{where}.metric_for_best")
@@ -352,6 +366,16 @@ class RecipeConfig:
         if ema and train.load_best_at_end:
             raise InputError(f"{where}.load_best_at_end: objective.options.ema_decay ends training on the "
                              "weights' average, which would replace the best checkpoint; use one of the two")
+
+    def _check_batching(self, train: TrainConfig, objective: str, where: str) -> None:
+        """Packing and length grouping rebuild the padded next-token batch of SFT (D31)."""
+        if not spec_of(objective).packs and (train.packing != "none" or train.group_by_length):
+            raise InputError(f"{where}.packing / group_by_length: only for sft stages (this one trains "
+                             f"{objective}); set packing: none and group_by_length: false")
+        if train.packing == "packed" and self.model.attn_implementation.startswith("flash"):
+            raise InputError(f"{where}.packing=packed: flash_attention_2 keeps packed samples apart only in a "
+                             "single row (varlen from position ids); use packing: padding_free, whose memory "
+                             "is linear in the row anyway")
 
     def objective_for(self, stage: StageConfig) -> ObjectiveConfig:
         """The objective that trains `stage`: its own, else the recipe's."""

@@ -30,6 +30,7 @@ from ..models.distributed import (
 )
 from ..models.loading import part_of
 from .checkpoints import CompleteCheckpoints, ends_its_stage, newest_complete, take_back_finished_stage
+from .packing import batching_inputs, sampling_arguments
 from .preemption import Interrupted, StopOnSignal, training_phase
 
 LOSS_POINTS = 5
@@ -191,6 +192,7 @@ def training_arguments(train: TrainConfig, output_dir: Path, seed: int, bf16: bo
     )
     if metric is not None:
         settings.update(validation_arguments(train, metric))
+    settings.update(sampling_arguments(train))  # train.group_by_length: Trainer's length-grouped sampler
     if objective is not None:
         settings.update(objective.trainer_arguments(train))
     settings.update(train.extra)  # explicit extras win over the defaults above
@@ -219,7 +221,8 @@ def train_stage(model, stage: StageConfig, objective, train_data: list, output_d
     trainer = trainer_class_for(objective)(
         model=model, args=args, objective=objective, validation=validation,
         callbacks=stage_callbacks(stage, validation, objective.loss_is_positive) + list(extra_callbacks),
-        **objective.trainer_inputs(train_data, validation.samples if validation else []))
+        **batching_inputs(objective.trainer_inputs(train_data, validation.samples if validation else []),
+                          model, stage.train))  # train.packing / group_by_length (D31)
     checkpoint = latest_checkpoint(output_dir) if resume else None
     if checkpoint is not None and ends_its_stage(checkpoint) and launch_strategy() != "fsdp":
         take_back_finished_stage(trainer, checkpoint)  # Trainer would train one step more (D32)
