@@ -36,7 +36,7 @@ from .data.chat import user_messages
 from .data.messages import ChatSample
 from .data.sources import image_files, open_image
 from .errors import InputError
-from .evaluation.generation import first_box
+from .evaluation.generation import answer_boxes
 from .models.export import ExportResult, adapter_dir_of, merge_adapter
 from .models.loading import load_model, load_processor, model_family, open_base, peft_quietly
 from .objectives import build_objective
@@ -158,9 +158,11 @@ def _quantization(located: _Located, quantized: bool | None) -> QuantizationConf
 def predict(model_dir: str | Path, images, *, prompt: str | None = None, label: str | None = None,
             batch_size: int = 16, max_new_tokens: int | None = None, device: str = "cpu",
             quantized: bool | None = None) -> list[dict]:
-    """One dict per image: image (its path), box (x1, y1, x2, y2 pixels of the upright image, or
-    None), box_normalized_off (OpenFoodFacts (y_min, x_min, y_max, x_max) in 0-1, or None), label
-    (`label` when a box was found), confidence (mean token probability), answer (the raw text).
+    """One dict per image: image (its path), boxes (every box of the answer, in its order: a list of
+    {"label", "box", "box_normalized_off"}, empty when the answer names none), box (the first box:
+    x1, y1, x2, y2 pixels of the upright image, or None), box_normalized_off (OpenFoodFacts (y_min,
+    x_min, y_max, x_max) in 0-1, or None), label (`label` when a box was found), confidence (mean
+    token probability), answer (the raw text).
     `images`: image files and/or directories (searched recursively). `prompt`/`label` default to
     the run's recipe, else the DataConfig defaults; decoding is the objective's own (greedy, or
     mdlm's unmasking). `quantized` as in `open_trained`."""
@@ -193,12 +195,16 @@ def _unlabelled(objective, pictures, paths, prompt: str) -> list:
     for chat objectives (mdlm), else anything with `.image`."""
     if objective.data_kind == "chat":
         return [ChatSample([image], user_messages(prompt), "", str(p)) for image, p in zip(pictures, paths)]
-    return [SimpleNamespace(image=image, image_id=str(p)) for image, p in zip(pictures, paths)]
+    return [SimpleNamespace(image=image, image_id=str(p), prompt=prompt) for image, p in zip(pictures, paths)]
 
 
 def _prediction(path: Path, image, text: str, score: float, label: str, located: _Located) -> dict:
-    box = first_box(text, *image.size, located.family, located.processor)
-    return {"image": str(path), "box": list(box) if box else None,
+    found = answer_boxes(text, *image.size, located.family, located.processor)
+    box = found[0][1] if found else None
+    # a box's label is the answer's own when it wrote one, else the asked label
+    boxes = [{"label": own or label, "box": list(b), "box_normalized_off": list(xyxy_to_openfoodfacts(b, *image.size))}
+             for own, b in found]
+    return {"image": str(path), "boxes": boxes, "box": list(box) if box else None,
             "box_normalized_off": list(xyxy_to_openfoodfacts(box, *image.size)) if box else None,
             "label": label if box else None, "confidence": round(score, 4), "answer": text}
 

@@ -274,6 +274,10 @@ class DataConfig:
     backgrounds, table layouts, image sizes and distractors); another source: its split "shifted"."""
     prompt: str = "Locate the nutrition table in the image."
     label: str = "nutrition table"
+    keep_negatives: bool = False
+    """Keep OpenFoodFacts-schema rows without a box of the asked category as negatives (answer:
+    nothing). Off: such a row may be unannotated rather than empty, and the recipes' task is "locate
+    THE table" (D29). Rows with their own `prompt` (synthetic-multi) are always kept."""
     video: VideoConfig = field(default_factory=VideoConfig)
     """Frame sampling and per-frame pixel budget of video targets, queries and negatives (mrl)."""
 
@@ -488,7 +492,13 @@ the same evaluator, so one run can chain them (r5-sft-grpo: SFT, then GRPO)."""
 
 
 DETECTION_METRICS = ("mean_iou", "median_iou", "detection_rate", "iou_gt_0.5", "iou_gt_0.7", "ap", "ap50",
-                     "exact_match")
+                     "exact_match", "precision", "recall", "f1", "matched_iou", "map", "map50", "acc50",
+                     "negative_empty")
+"""Higher-is-better metrics of the grounding evaluator: single-box data (mean_iou ... ap50), sets of
+boxes (precision ... map50 at IoU 0.5, evaluation/detection.py), referring expressions (acc50),
+negatives (negative_empty), conversations (exact_match)."""
+DATASET_METRIC = {"synthetic-multi": "f1", "synthetic-refer": "acc50"}
+"""Datasets whose default validation metric is not the objective's (their answers are sets of boxes)."""
 RETRIEVAL_METRIC = re.compile(r"^((t2i|i2t|t2v|v2t)(\.\d+)?\.(recall@1|recall@5|recall@10|mrr@10|ndcg@10)"
                               r"|order(\.\d+)?)$")
 DEFAULT_METRIC = {"sft": "mean_iou", "mdlm": "mean_iou", "grpo": "mean_iou", "mrl": "t2i.recall@1"}
@@ -603,7 +613,10 @@ class RecipeConfig:
         """The stage's validation metric: its own `metric_for_best`, else the objective's default."""
         if train.metric_for_best:
             return train.metric_for_best
-        video = self.objective.name == "mrl" and self.data.dataset.split("[")[0] in VIDEO_DATASETS
+        source = self.data.dataset.split("[")[0]
+        video = self.objective.name == "mrl" and source in VIDEO_DATASETS
+        if self.objective.name != "mrl" and source in DATASET_METRIC:
+            return DATASET_METRIC[source]
         return "t2v.recall@1" if video else DEFAULT_METRIC[self.objective.name]
 
 

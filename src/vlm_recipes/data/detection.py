@@ -21,13 +21,14 @@ import random
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 
 from ..boxes import Box, openfoodfacts_to_xyxy, validate_box
+from ..config import DataConfig
 from ..errors import InputError
-from . import synthetic
+from . import scenes, synthetic
 from .cache import cached_dataset
 from .sources import Rows, decode_image, open_source, resolve_split, undecoded
 from .synthetic import CATEGORY, make_nutrition_dataset
@@ -35,19 +36,57 @@ from .synthetic import CATEGORY, make_nutrition_dataset
 log = logging.getLogger(__name__)
 
 
+Object = tuple[str, Box]
+"""(label, canonical box): one object a grounding answer names."""
+
+
 @dataclass
-class DetectionSample:
-    image: Image.Image  # RGB
-    box: Box  # canonical (x1, y1, x2, y2) in pixels of `image`
+class GroundingSample:
+    """One image, the question asked of it, and every object that answers it (zero or more).
+
+    A category query ("Locate the nutrition table in the image.", "Detect every star.") is answered by
+    every object of that category, a referring expression ("the leftmost table", task "refer") by the
+    one object it singles out, and a question about an absent category by no object at all. The
+    shipped recipes' nutrition-table rows are the one-object case."""
+    image: Image.Image  # RGB; the one attribute that touches pixels (see `load_image`)
+    objects: tuple[Object, ...]  # canonical (x1, y1, x2, y2) in pixels of `image`
     width: int
     height: int
     image_id: str
+    prompt: str = DataConfig.prompt
+    label: str = DataConfig.label
+    """The name the question asks for: every object's label, and the answer's label for predictions."""
+    task: Literal["detect", "refer"] = "detect"
+
+    @property
+    def box(self) -> Box:
+        """The one object's box (single-box data: the recipes' nutrition table, dense targets)."""
+        return self.objects[0][1]
+
+    @property
+    def boxes(self) -> list[Box]:
+        return [box for _, box in self.objects]
+
+    @property
+    def single_box(self) -> bool:
+        """The shape every sample of the shipped recipes has: one category query, one object."""
+        return self.task == "detect" and len(self.objects) == 1
+
+
+DetectionSample = GroundingSample
+"""The name the single-box code knew it by."""
+
+
+SYNTHETIC_SCENES = ("synthetic-multi", "synthetic-refer")
+"""Generated grounding data beyond one box (data/scenes.py): several objects of several categories
+with some questions about an absent one, and referring expressions."""
 
 
 def load_detection_splits(source: str, train_split: str = "train", test_split: str = "test",
                           max_train: int | None = None, max_test: int | None = None, seed: int = 0,
                           num_train: int = 800, num_test: int = 100, max_side: int | None = 1024,
-                          num_shifted: int = 0) -> dict[str, list[DetectionSample]]:
+                          num_shifted: int = 0, prompt: str = DataConfig.prompt, label: str = DataConfig.label,
+                          keep_negatives: bool = DataConfig.keep_negatives) -> dict[str, list[GroundingSample]]:
     """{"train": [...], "test": [...]} from `source` (see the module docstring).
 
     `max_train`/`max_test` keep a random subset of that size, fixed by `seed`, in the original
@@ -56,31 +95,51 @@ def load_detection_splits(source: str, train_split: str = "train", test_split: s
     multi-megapixel photos fits in memory; the Qwen processor shrinks them further anyway.
     None keeps full resolution. `num_shifted` > 0 adds "shifted": that many rows of the out-of-domain
     split (generated in the shifted style for "synthetic"; else the source's split "shifted").
+    `prompt`/`label`: the question and answer label of rows that do not carry their own (the
+    OpenFoodFacts schema). `keep_negatives`: keep such rows without a box of the asked category as
+    negatives (answer: nothing); rows with their own `prompt` column are always kept.
     """
     for name, value in (("max_train", max_train), ("max_test", max_test), ("max_side", max_side)):
         if value is not None and value < 1:
             raise InputError(f"{name}={value}: must be >= 1 (or None for no limit)")
-    if source == "synthetic":
+    if source == "synthetic" or source in SYNTHETIC_SCENES:
         # rows are i.i.d. and row i does not depend on the count: generating fewer is the same as
         # subsampling, only faster
         n_train = min(num_train, max_train or num_train)
         n_test = min(num_test, max_test or num_test)
         arguments = dict(n_train=n_train, n_test=n_test, seed=seed, n_shifted=num_shifted)
-        dd = cached_dataset("nutrition", Path(synthetic.__file__), arguments, lambda: make_nutrition_dataset(**arguments))
+        if source == "synthetic":
+            dd = cached_dataset("nutrition", Path(synthetic.__file__), arguments,
+                                lambda: make_nutrition_dataset(**arguments))
+        else:
+            arguments["kind"] = source.removeprefix("synthetic-")
+            dd = cached_dataset(source, Path(scenes.__file__), arguments, lambda: scenes.make_scene_dataset(**arguments))
         splits = undecoded(dd)
     else:
         splits = open_source(source).splits
-    out = {"train": _convert(source, splits, train_split, max_train, seed, max_side),
-           "test": _convert(source, splits, test_split, max_test, seed, max_side)}
+    reading = _Reading(source, max_side, prompt, label, keep_negatives)
+    out = {"train": _convert(reading, splits, train_split, max_train, seed),
+           "test": _convert(reading, splits, test_split, max_test, seed)}
     if num_shifted:
-        out["shifted"] = _convert(source, splits, "shifted", num_shifted, seed, max_side)
+        out["shifted"] = _convert(reading, splits, "shifted", num_shifted, seed)
     return out
 
 
 # --- rows -> samples --------------------------------------------------------------------
 
-def _convert(source: str, splits: dict[str, Rows], split: str, limit: int | None, seed: int,
-             max_side: int | None) -> list[DetectionSample]:
+@dataclass(frozen=True)
+class _Reading:
+    """How rows of one source become samples."""
+    source: str
+    max_side: int | None
+    prompt: str
+    label: str
+    keep_negatives: bool
+
+
+def _convert(reading: _Reading, splits: dict[str, Rows], split: str, limit: int | None,
+             seed: int) -> list[GroundingSample]:
+    source = reading.source
     name = resolve_split(splits, split)
     if name is None:
         raise InputError(f"dataset {source} has no split {split!r} (it has: {', '.join(splits) or 'none'})"
@@ -95,22 +154,23 @@ def _convert(source: str, splits: dict[str, Rows], split: str, limit: int | None
         indices = sorted(random.Random(f"{seed}:{name}").sample(indices, limit))
     samples, skipped = [], 0
     for i in indices:
-        sample = _sample(rows[i], f"row {i} of split {name!r} of dataset {source}", f"{name}-{i}", max_side)
+        sample = _sample(rows[i], f"row {i} of split {name!r} of dataset {source}", f"{name}-{i}", reading)
         if sample is None:
             skipped += 1
         else:
             samples.append(sample)
     if skipped:
-        log.warning("skipped %d row(s) without any box in split %r of dataset %s", skipped, name, source)
+        log.warning("skipped %d row(s) without any box in split %r of dataset %s "
+                    "(data.keep_negatives=true keeps them as negatives)", skipped, name, source)
     if not samples:
         raise InputError(f"dataset {source} has no rows with a box in split {name!r}: "
                          "annotate at least one nutrition table or choose another split")
     return samples
 
 
-def _sample(row: dict[str, Any], where: str, default_id: str,
-            max_side: int | None) -> DetectionSample | None:
-    """One row as a sample; None for a row with no box at all (a negative example)."""
+def _sample(row: dict[str, Any], where: str, default_id: str, reading: _Reading) -> GroundingSample | None:
+    """One row as a sample: every box of the asked category (the row's `category`, else the
+    nutrition table). None for a row without one, unless it is kept as a negative."""
     if "objects" not in row or "image" not in row:
         raise InputError(f"{where} has columns {sorted(row)}; need 'image' and 'objects' "
                          "(the OpenFoodFacts nutrition-table-detection schema)")
@@ -119,32 +179,46 @@ def _sample(row: dict[str, Any], where: str, default_id: str,
         raise InputError(f"{where} has objects of type {type(objects).__name__}; need a dict of lists "
                          "{'bbox': [...], 'category_name': [...]} (the OpenFoodFacts schema)")
     bboxes, names = objects.get("bbox") or [], objects.get("category_name") or []
-    if not bboxes:
+    category = row.get("category") or CATEGORY
+    own_prompt = row.get("prompt")
+    # unnamed boxes (no category_name column) are all of the asked category
+    picked = [b for k, b in enumerate(bboxes) if not names or (k < len(names) and names[k] == category)]
+    if not picked and not (own_prompt or reading.keep_negatives):
         return None
-    k = names.index(CATEGORY) if CATEGORY in names else 0
-    bbox = bboxes[k] if k < len(bboxes) else None
-    if bbox is None or len(bbox) != 4 or not all(isinstance(v, Real) for v in bbox):
-        raise InputError(f"{where} has bbox {bbox!r}: need 4 numbers (y_min, x_min, y_max, x_max) "
-                         "normalised to 0-1; fix or drop the row")
+    for bbox in picked:
+        if bbox is None or len(bbox) != 4 or not all(isinstance(v, Real) for v in bbox):
+            raise InputError(f"{where} has bbox {bbox!r}: need 4 numbers (y_min, x_min, y_max, x_max) "
+                             "normalised to 0-1; fix or drop the row")
     image = decode_image(row["image"], where, size=(row.get("width"), row.get("height")))
     width, height = image.size
-    box = openfoodfacts_to_xyxy(bbox, width, height)
+    for bbox in picked:
+        _check_box(bbox, width, height, where)
+    max_side = reading.max_side
+    if max_side is not None and max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        width, height = size
+    label = reading.label if category == CATEGORY else category.replace("-", " ")
+    boxes = tuple((label, _canonical(bbox, width, height)) for bbox in picked)
+    return GroundingSample(image=image, objects=boxes, width=width, height=height,
+                           image_id=str(row.get("image_id") or default_id), prompt=own_prompt or reading.prompt,
+                           label=label, task="refer" if row.get("task") == "refer" else "detect")
+
+
+def _check_box(bbox, width: int, height: int, where: str) -> None:
     try:
-        validate_box(box, width, height, where)
+        validate_box(openfoodfacts_to_xyxy(bbox, width, height), width, height, where)
     except InputError as e:
         if max(abs(float(v)) for v in bbox) > 1.5:
             raise InputError(f"{e} (its bbox {list(bbox)} looks like pixels: the schema wants "
                              "(y_min, x_min, y_max, x_max) normalised to 0-1)") from e
         raise
-    if max_side is not None and max(width, height) > max_side:
-        scale = max_side / max(width, height)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        box = openfoodfacts_to_xyxy(bbox, *size)  # normalised, so exact at any size
-        width, height = size
-    # validate_box allows a rounding overshoot of up to 1 px; the canonical box stays inside.
-    # Rounding to 1/1000 px drops float32 noise (114.0000048 -> 114.0) and nothing else.
-    x1, y1, x2, y2 = (round(v, 3) for v in box)
-    box = (max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2))
-    return DetectionSample(image=image, box=box, width=width, height=height,
-                           image_id=str(row.get("image_id") or default_id))
+
+
+def _canonical(bbox, width: int, height: int) -> Box:
+    """The normalised box in pixels of the (maybe downscaled) image: exact at any size.
+    validate_box allows a rounding overshoot of up to 1 px; the canonical box stays inside.
+    Rounding to 1/1000 px drops float32 noise (114.0000048 -> 114.0) and nothing else."""
+    x1, y1, x2, y2 = (round(v, 3) for v in openfoodfacts_to_xyxy(bbox, width, height))
+    return (max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2))

@@ -103,7 +103,8 @@ def _load_kind(data: DataConfig, kind: str, seed: int, num_hard_negatives: int) 
     if messages is not None:
         return messages_splits(messages, source, limits)
     return load_detection_splits(source, num_train=data.num_train, num_test=data.num_test, max_train=max_train,
-                                 max_test=max_test, seed=seed, num_shifted=data.num_shifted)
+                                 max_test=max_test, seed=seed, num_shifted=data.num_shifted, prompt=data.prompt,
+                                 label=data.label, keep_negatives=data.keep_negatives)
 
 
 def carve_validation(splits: dict[str, list], num_val: int, seed: int) -> dict[str, list]:

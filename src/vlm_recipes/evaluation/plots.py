@@ -72,7 +72,7 @@ def plot_rewards(history: list[dict], path: Path, title: str = "") -> None:
 
 
 def plot_box_grid(samples, predicted: dict[str, list], path: Path, num: int = 8, columns: int = 4) -> None:
-    """Test images with the true box (green) and each model's prediction (one colour per model)."""
+    """Test images with the true boxes (green) and each model's predicted boxes (one colour per model)."""
     colours = ["tab:red", "tab:blue", "tab:orange"]
     num = min(num, len(samples))
     rows = max(1, -(-num // columns))
@@ -82,16 +82,26 @@ def plot_box_grid(samples, predicted: dict[str, list], path: Path, num: int = 8,
     for ax, index in zip(axes.flat, range(num)):
         sample = samples[index]
         ax.imshow(sample.image)
-        _draw(ax, sample.box, "tab:green", "true")
+        for box in sample.boxes:
+            _draw(ax, box, "tab:green", "true")
         for colour, (name, boxes) in zip(colours, predicted.items()):
-            if boxes[index] is not None:
-                _draw(ax, boxes[index], colour, name)
+            for box in _as_boxes(boxes[index]):
+                _draw(ax, box, colour, name)
         ax.set_title(str(sample.image_id), fontsize=8)
     handles = [Rectangle((0, 0), 1, 1, fill=False, edgecolor=c) for c in ["tab:green", *colours[:len(predicted)]]]
     fig.legend(handles, ["true", *predicted], loc="lower center", ncol=len(handles))
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _as_boxes(predicted) -> list:
+    """A prediction as a list of boxes: None (no box), one box, or [label, box] pairs (sets)."""
+    if not predicted:
+        return []
+    if isinstance(predicted[0], (int, float)):
+        return [predicted]
+    return [box for _, box in predicted]
 
 
 def _draw(ax, box, colour: str, label: str) -> None:
