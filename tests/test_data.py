@@ -329,3 +329,72 @@ def test_decoder_error_is_one_line_naming_the_row(value):
     with pytest.raises(InputError, match=r"^unreadable image in row 4 of split 'x': .+; fix or drop the row$") as err:
         decode_image(value, "row 4 of split 'x'")
     assert "\n" not in str(err.value)
+
+
+# --- grounding beyond one box (issue 29) --------------------------------------------------------
+
+SYNTHETIC_DIGEST = "dd91ecff16897451e44dd1b197895ab61432c1d41e095a43f146f326789d0ebe"
+"""sha256 of make_nutrition_dataset(3, 2, seed=0)'s PNG bytes and other columns, computed with main's
+code before issue 29: the in-domain rows must not change by a byte."""
+
+
+def test_in_domain_synthetic_rows_are_byte_identical():
+    import hashlib
+
+    dd = make_nutrition_dataset(n_train=3, n_test=2, seed=0)
+    digest = hashlib.sha256()
+    for split in ("train", "test"):
+        for row in dd[split].cast_column("image", ImageFeature(decode=False)):
+            digest.update(row["image"]["bytes"])
+            digest.update(json.dumps({k: v for k, v in row.items() if k != "image"}, sort_keys=True).encode())
+    assert digest.hexdigest() == SYNTHETIC_DIGEST
+
+
+def _with_objects(tmp_path, objects: list[dict]) -> str:
+    """The fixture's first train rows with their `objects` replaced, one per entry (the val split as is)."""
+    table = pq.read_table(TRAIN_FILE)
+    rows = table.to_pylist()[:len(objects)]
+    for row, obj in zip(rows, objects):
+        row["objects"] = obj
+    out = tmp_path / "objects"
+    out.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), out / "train-00000-of-00001.parquet")
+    pq.write_table(pq.read_table(FIXTURE / "val-00000-of-00001.parquet"), out / "val-00000-of-00001.parquet")
+    return str(out)
+
+
+TWO_TABLES = {"bbox": [[0.5, 0.5, 0.9, 0.9], [0.1, 0.1, 0.4, 0.4], [0.1, 0.6, 0.2, 0.9]],
+              "category_id": [0, 0, 1], "category_name": ["nutrition-table", "nutrition-table", "barcode"]}
+ONLY_A_BARCODE = {"bbox": [[0.1, 0.6, 0.2, 0.9]], "category_id": [1], "category_name": ["barcode"]}
+NOTHING = {"bbox": [], "category_id": [], "category_name": []}
+
+
+def test_openfoodfacts_rows_keep_every_table_and_negatives_only_when_asked(tmp_path):
+    source = _with_objects(tmp_path, [TWO_TABLES, ONLY_A_BARCODE, NOTHING])
+    plain = load_detection_splits(source)["train"]
+    assert len(plain) == 1 and len(plain[0].objects) == 2  # both tables, not the barcode
+    assert {label for label, _ in plain[0].objects} == {DataConfig.label} and not plain[0].single_box
+    kept = load_detection_splits(source, keep_negatives=True, prompt="Detect every nutrition table.")["train"]
+    assert [len(s.objects) for s in kept] == [2, 0, 0]
+    assert {s.prompt for s in kept} == {"Detect every nutrition table."}
+
+
+def test_synthetic_multi_has_several_objects_categories_and_negatives():
+    train = load_detection_splits("synthetic-multi", num_train=40, num_test=2, seed=0)["train"]
+    counts = [len(s.objects) for s in train]
+    assert 0 in counts and max(counts) >= 3
+    assert {s.label for s in train} == {"nutrition table", "barcode", "star"}
+    for s in train:
+        assert s.label in s.prompt and s.task == "detect"
+        assert all(label == s.label for label, _ in s.objects)
+        assert all(0 <= x1 < x2 <= s.width and 0 <= y1 < y2 <= s.height for x1, y1, x2, y2 in s.boxes)
+
+
+def test_synthetic_refer_singles_out_one_of_several():
+    train = load_detection_splits("synthetic-refer", num_train=20, num_test=2, seed=0)["train"]
+    assert all(s.task == "refer" and len(s.objects) == 1 for s in train)
+    left = [s for s in train if "leftmost" in s.prompt]
+    assert left and all(s.label == "nutrition table" for s in left)
+    assert any(s.label == "star" for s in train)
+    with pytest.raises(InputError, match="num_shifted"):
+        load_detection_splits("synthetic-refer", num_train=2, num_test=2, num_shifted=2)

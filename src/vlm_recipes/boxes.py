@@ -115,13 +115,13 @@ def reading_order(boxes: Sequence[tuple[str, Box]]) -> list[tuple[str, Box]]:
 
 def format_answer(boxes: Sequence[tuple[str, Box]], width: int, height: int, family: Family,
                   resized: tuple[int, int]) -> str:
-    """The assistant's answer for labelled canonical boxes, in the family's grounding format, in
-    `reading_order`; no boxes is the family's empty answer (`[]`, or `EMPTY_REF_ANSWER`).
+    """The assistant's answer for labelled canonical boxes, in the family's grounding format and
+    the given order (training targets pass `reading_order(...)`); no boxes is the family's empty
+    answer (`[]`, or `EMPTY_REF_ANSWER`).
 
     `resized` is `resized_size(...)` of the image; only Qwen2.5-VL uses it, because its
     coordinates are absolute pixels of the resized image.
     """
-    boxes = reading_order(boxes)
     if family.box_format == "ref_box_1000":
         if not boxes:
             return EMPTY_REF_ANSWER

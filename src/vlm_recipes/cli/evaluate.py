@@ -45,11 +45,14 @@ def run(args) -> int:
 
 
 def metrics_table(name: str, metrics: dict) -> str:
-    """The evaluator's table for one model: detection, retrieval (per direction and dim) or exact match."""
-    from ..evaluation.answers import detection_table
+    """The evaluator's table for one model: detection, sets of boxes, retrieval (per direction and dim)
+    or exact match."""
+    from ..evaluation.answers import detection_table, set_table
 
     if "mean_iou" in metrics:
         return detection_table([(name, metrics)])
+    if "f1" in metrics:
+        return set_table([(name, metrics)])
     if "t2i" in metrics or "t2v" in metrics:
         what = "video" if "t2v" in metrics else "image"
         forward, backward = ("t2v", "v2t") if what == "video" else ("t2i", "i2t")
