@@ -212,15 +212,16 @@ def _prediction(path: Path, image, text: str, score: float, label: str, located:
 # --- evaluating ---------------------------------------------------------------------------------
 
 def evaluate(model_dir: str | Path, dataset: str, *, recipe: str | None = None, out_dir: str | Path | None = None,
-             device: str = "cpu", max_test: int | None = None, quantized: bool | None = None) -> dict:
+             device: str = "cpu", max_test: int | None = None, quantized: bool | None = None,
+             split: str | None = None) -> dict:
     """{"model", "dataset", "recipe", "objective", "metrics"} of `model_dir` on `dataset`'s test split,
     scored by the objective's own evaluator (sft: IoU/AP, mrl: retrieval). The objective is the
     run's; `recipe` (default r4-joint) only names one for a model without a run. With `out_dir`:
     metrics.json (this dict) and predictions.json (one row per test sample). `quantized` as in
-    `open_trained`."""
+    `open_trained`. `split`: the split scored (default: the recipe's data.test_split)."""
     out = check_out_dir(out_dir) if out_dir is not None else None
     located = _locate(model_dir)
-    cfg = _eval_recipe(located.recipe or load_recipe(recipe or DEFAULT_RECIPE), dataset, max_test)
+    cfg = _eval_recipe(located.recipe or load_recipe(recipe or DEFAULT_RECIPE), dataset, max_test, split)
     objective = build_objective(cfg, located.processor, located.family)
     samples = objective.load_data()["test"]
     model = _load(located, device, quantized, objective)
@@ -234,11 +235,13 @@ def evaluate(model_dir: str | Path, dataset: str, *, recipe: str | None = None, 
     return report
 
 
-def _eval_recipe(recipe: RecipeConfig, dataset: str, max_test: int | None) -> RecipeConfig:
+def _eval_recipe(recipe: RecipeConfig, dataset: str, max_test: int | None, split: str | None = None) -> RecipeConfig:
     # Only the test split is scored, and splits are drawn independently of each other's size:
-    # one train row keeps the loader from rendering or converting a train split for nothing.
-    data = replace(recipe.data, dataset=dataset, num_train=1, max_train=1,
-                   max_test=max_test if max_test is not None else recipe.data.max_test)
+    # one train row keeps the loader from rendering or converting a train split for nothing. That
+    # row is read from the scored split, so data without a train split (RefCOCO) is scored too.
+    test_split = split or recipe.data.test_split
+    data = replace(recipe.data, dataset=dataset, num_train=1, max_train=1, test_split=test_split,
+                   train_split=test_split, max_test=max_test if max_test is not None else recipe.data.max_test)
     return replace(recipe, data=data)
 
 

@@ -10,7 +10,8 @@ How annotations become samples (`data.coco_samples`):
 * "each" (default): one sample per (image, category present), prompt "Detect every <category>.", answer
   every box of that category; and, for a seeded `data.coco_negative_rate` of the images, one sample
   asking for a category absent from the image (answer: nothing). The question names one category, as
-  grounding prompts do, and an image with k categories gives k samples.
+  grounding prompts do, and an image with k categories gives k samples (k + 1 with a negative), each
+  with the image id "<id>/<category>". Category names read as words: "red-square" -> "red square".
 * "all": one sample per image, prompt "Detect every object.", answer every box labelled with its
   category; an image without objects is a negative.
 
@@ -88,19 +89,22 @@ def coco_entries(split: CocoSplit, mode: str, negative_rate: float, seed: int) -
     for image_id, (path, width, height, k) in images.items():
         boxes, crowd = found.get(image_id, ({}, set()))
         place = f"{where} images[{k}]"
-        make = lambda prompt, objects, label: Entry(image=path, objects=objects, image_id=str(image_id), prompt=prompt,  # noqa: E731
-                                                    label=label, where=place, size=(width, height))
+
+        def entry(prompt: str, objects: tuple, label: str, key: str) -> Entry:
+            return Entry(image=path, objects=objects, image_id=key, prompt=prompt, label=label, where=place,
+                         size=(width, height))
         if mode == "all":
             objects = tuple(obj for cat in sorted(boxes) for obj in boxes[cat])
             if objects or not crowd:
-                entries.append(make("Detect every object.", objects, "object"))
+                entries.append(entry("Detect every object.", objects, "object", str(image_id)))
             continue
-        entries += [make(f"Detect every {classes[cat]}.", tuple(boxes[cat]), classes[cat]) for cat in sorted(boxes)]
+        asked = list(boxes)
         absent = [cat for cat in classes if cat not in boxes and cat not in crowd]
         rng = random.Random(f"{seed}:coco-negative:{image_id}")
         if absent and rng.random() < negative_rate:
-            cat = rng.choice(absent)
-            entries.append(make(f"Detect every {classes[cat]}.", (), classes[cat]))
+            asked.append(rng.choice(absent))
+        entries += [entry(f"Detect every {classes[cat]}.", tuple(boxes.get(cat, ())), classes[cat],
+                          f"{image_id}/{classes[cat]}") for cat in sorted(asked)]
     return entries
 
 
@@ -120,7 +124,9 @@ def _classes(categories: list) -> tuple[dict[int, str], set]:
     category names as its supercategory is a group."""
     names = {c.get("supercategory") for c in categories if c.get("supercategory") != c.get("name")}
     groups = {c.get("id") for c in categories if c.get("name") in names}
-    return {c["id"]: str(c["name"]) for c in categories if c.get("id") not in groups}, groups
+    # Roboflow names classes like file names ("red-square"); a question reads "red square"
+    words = {c["id"]: str(c["name"]).replace("-", " ").replace("_", " ") for c in categories}
+    return {cid: name for cid, name in words.items() if cid not in groups}, groups
 
 
 def _images(images: list, folder: Path, where: str) -> dict:
