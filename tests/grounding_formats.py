@@ -32,12 +32,12 @@ def picture(rng: random.Random, size: int = 64, count: int | None = None):
 
 
 def coco_json(folder: Path, count: int, seed: int, categories: list[dict], class_ids: dict[int, int] | None = None,
-              crowd: bool = False) -> dict:
+              crowd: bool = False, size: int = 64) -> dict:
     """Pictures saved in `folder` and their COCO detection dict; `class_ids` maps our classes to the file's ids."""
     folder.mkdir(parents=True, exist_ok=True)
     rng, images, annotations = random.Random(seed), [], []
     for i in range(count):
-        image, objects = picture(rng)
+        image, objects = picture(rng, size)
         name = f"{seed:02d}{i:06d}.jpg"
         image.save(folder / name, quality=95)
         images.append({"id": i + 1, "file_name": name, "width": image.width, "height": image.height})
@@ -50,12 +50,12 @@ def coco_json(folder: Path, count: int, seed: int, categories: list[dict], class
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def make_coco2017(root: Path, n_train: int = 12, n_val: int = 4) -> Path:
-    """root/annotations/instances_{train,val}2017.json, images in root/{train,val}2017/."""
+def make_coco2017(root: Path, n_train: int = 12, n_val: int = 4, size: int = 64) -> Path:
+    """root/annotations/instances_{train,val}2017.json, images (size x size) in root/{train,val}2017/."""
     categories = [{"id": cid, "name": name, "supercategory": "shape"} for cid, name in CLASSES.items()]
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for split, count, seed in (("train", n_train, 1), ("val", n_val, 2)):
-        data = coco_json(root / f"{split}2017", count, seed, categories, crowd=split == "train")
+        data = coco_json(root / f"{split}2017", count, seed, categories, crowd=split == "train", size=size)
         (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(data))
     return root
 

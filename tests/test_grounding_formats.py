@@ -15,7 +15,7 @@ from grounding_formats import CLASSES, make_coco2017, make_roboflow, make_swift,
 from vlm_recipes.cli import evaluate as evaluate_cli
 from vlm_recipes.cli import predict as predict_cli
 from vlm_recipes.cli.train import main as train
-from vlm_recipes.config import RecipeConfig, from_dict
+from vlm_recipes.config import DataConfig, RecipeConfig, from_dict
 from vlm_recipes.data import load_splits
 from vlm_recipes.data.detection import load_detection_splits
 from vlm_recipes.data.index import GroundingIndex
@@ -87,6 +87,33 @@ def test_swift_pixels_and_norm1000_both_placeholder_styles(tmp_path):
         assert [v for box in sample.boxes for v in box] == pytest.approx(want, abs=1e-3)
         assert "<" not in sample.prompt  # placeholders filled or dropped
     assert train[2].prompt == f"Find every {rows[2]['objects']['ref'][0]}."
+
+
+# --- memory: an index, not decoded images -------------------------------------------------------
+
+def _rss_after_a_short_run(root) -> int:
+    """RSS once `root` is loaded and what 20 training steps of 2 samples and a 64-sample evaluation
+    decode has been decoded."""
+    import psutil
+
+    splits = load_splits(DataConfig(dataset=str(root)), "detection", seed=0)
+    train, test = splits["train"], splits["test"]
+    batches = [[train[(2 * step + k) % len(train)] for k in range(2)] for step in range(20)]
+    evaluated = test[:64]
+    assert len(batches) == 20 and len(evaluated) == 64
+    return psutil.Process().memory_info().rss
+
+
+def test_memory_does_not_grow_with_the_dataset(tmp_path):
+    """20x the images (256 px: 196 KB each decoded, 1,000 of them 196 MB) within 5% of the RSS of the
+    small set, in one process: loading keeps annotations only (measured: ratio 1.0001; holding the
+    decoded images of 600 of them instead: 1.19). The whole-run figures (1,000 vs 20,000 images, peak
+    RSS of separate processes) are in the README."""
+    small = make_coco2017(tmp_path / "small", n_train=50, n_val=64, size=256)
+    large = make_coco2017(tmp_path / "large", n_train=1000, n_val=64, size=256)
+    before = _rss_after_a_short_run(small)
+    after = _rss_after_a_short_run(large)
+    assert after / before < 1.05, (before, after)
 
 
 # --- bad rows: one line naming file, row and field, exit 2 --------------------------------------
@@ -178,7 +205,7 @@ def format_run(request, tmp_path_factory):
     run_dir = root / "run"
     assert train(["--recipe", "r4-joint", "--dataset", str(data), *train_flags, "--max-steps", "10",
                   "--set", "train.per_device_train_batch_size=1", "--set", "data.num_val=0",
-                  "--set", "data.max_test=4", "--set", "eval.max_new_tokens=40", "--no-wandb",
+                  "--set", "data.max_test=3", "--set", "eval.max_new_tokens=32", "--no-wandb",
                   "--output-dir", str(run_dir)]) == 0
     return request.param, data, run_dir, eval_flags
 
@@ -214,4 +241,8 @@ def test_each_format_trains_is_evaluated_and_predicted_alike(format_run, tmp_pat
                              "--prompt", asked[0].prompt, "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     for row, s in zip(rows, asked, strict=True):
-        assert [b["box"] for b in row["boxes"]] == [box for _, box in reference[s.image_id]["predicted"]]
+        predicted = reference[s.image_id]["predicted"]
+        if "mean_iou" in metrics["finetuned"]:  # every sample one box: the run scored the first box
+            assert row["box"] == predicted
+        else:
+            assert [b["box"] for b in row["boxes"]] == [box for _, box in predicted]
