@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, nargs="+", default=[1000, 20000])
     p.add_argument("--dir", type=Path, default=Path("/tmp/coco-mem"))
     args = p.parse_args(argv)
+    from vlm_recipes.data import detection, messages, retrieval  # noqa: F401  imported before any timing
     peaks = {}
     for count in args.images:
         root = write_coco(args.dir / str(count), count)

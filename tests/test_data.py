@@ -209,9 +209,10 @@ def test_hub_failure_says_to_pass_a_local_path(monkeypatch):
     """The hub answers but the load fails (offline, the fast check of D19 answers first: tests/test_resilience.py)."""
     import datasets
 
-    from vlm_recipes.data import sources
+    from vlm_recipes.data import hub, sources
 
     monkeypatch.setattr(sources, "_hub_reachable", lambda endpoint: True)
+    monkeypatch.setattr(hub, "_repo_bytes", lambda repo_id: None)  # its size is not asked of the network
 
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach the hub\nsecond line")
@@ -221,6 +222,21 @@ def test_hub_failure_says_to_pass_a_local_path(monkeypatch):
     msg = str(err.value)
     assert "openfoodfacts/nutrition-table-detection could not be loaded" in msg
     assert "ConnectionError: Couldn't reach the hub" in msg and "local path" in msg and "\n" not in msg
+
+
+def test_hub_dataset_too_large_to_download_is_refused_with_advice(monkeypatch):
+    import datasets
+
+    from vlm_recipes.data import hub, sources
+
+    monkeypatch.setattr(sources, "_hub_reachable", lambda endpoint: True)
+    monkeypatch.setattr(hub, "_repo_bytes", lambda repo_id: 27e9)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("downloaded anyway"))
+    with pytest.raises(InputError) as err:
+        load_detection_splits("someone/coco-2017")
+    msg = str(err.value)
+    assert "someone/coco-2017 is 27 GB to download" in msg and "hf download someone/coco-2017" in msg
+    assert "\n" not in msg
 
 
 # --- one source layer: slices, the test fallback, the image decoder, file formats --------------

@@ -118,7 +118,7 @@ def carve_validation(splits: dict[str, list], num_val: int, seed: int) -> dict[s
     picked = set(random.Random(seed).sample(range(len(train)), count))
     if hasattr(train, "subset"):  # an index (data/index.py): rows picked, nothing decoded
         rest = train.subset([i for i in range(len(train)) if i not in picked])
-        return {**splits, "train": rest, "val": train.subset(sorted(picked))}
+        return {**splits, "train": rest, "val": train.subset(sorted(picked)) if picked else []}
     rest = [s for i, s in enumerate(train) if i not in picked] if isinstance(train, list) else Without(train, picked)
     return {**splits, "train": rest, "val": [train[i] for i in sorted(picked)]}
 
@@ -214,6 +214,10 @@ def _open_hub(source: str) -> dict[str, Rows]:
     from datasets import load_dataset
 
     check_hub_available(source, "dataset")
+    if not constants_offline():
+        from .hub import check_hub_download_size
+
+        check_hub_download_size(source)  # too large to download whole: refused with advice (data/hub.py)
     try:
         dd = load_dataset(source)
     except Exception as e:  # network, auth, missing repo, bad files: all are "cannot load it"
@@ -221,6 +225,12 @@ def _open_hub(source: str) -> dict[str, Rows]:
                          f"{_first_line(e)}): check the id and the network, or download it and pass a "
                          "local path (save_to_disk directory or parquet files)") from e
     return undecoded(dd)
+
+
+def constants_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 HUB_CONNECT_TIMEOUT = 3.0
