@@ -10,8 +10,14 @@ import json
 
 import pytest
 import yaml
+from grounding_formats import (
+    CLASSES,
+    make_coco2017,
+    make_roboflow,
+    make_swift,
+    write_refcoco,
+)
 
-from grounding_formats import CLASSES, make_coco2017, make_roboflow, make_swift, write_refcoco
 from vlm_recipes.cli import evaluate as evaluate_cli
 from vlm_recipes.cli import predict as predict_cli
 from vlm_recipes.cli.train import main as train

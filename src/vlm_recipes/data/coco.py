@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..boxes import validate_box
@@ -88,23 +88,20 @@ def coco_entries(split: CocoSplit, mode: str, negative_rate: float, seed: int) -
     entries = []
     for image_id, (path, width, height, k) in images.items():
         boxes, crowd = found.get(image_id, ({}, set()))
-        place = f"{where} images[{k}]"
-
-        def entry(prompt: str, objects: tuple, label: str, key: str) -> Entry:
-            return Entry(image=path, objects=objects, image_id=key, prompt=prompt, label=label, where=place,
-                         size=(width, height))
+        image = Entry(image=path, objects=(), image_id=str(image_id), prompt="Detect every object.", label="object",
+                      where=f"{where} images[{k}]", size=(width, height))
         if mode == "all":
             objects = tuple(obj for cat in sorted(boxes) for obj in boxes[cat])
             if objects or not crowd:
-                entries.append(entry("Detect every object.", objects, "object", str(image_id)))
+                entries.append(replace(image, objects=objects))
             continue
         asked = list(boxes)
         absent = [cat for cat in classes if cat not in boxes and cat not in crowd]
         rng = random.Random(f"{seed}:coco-negative:{image_id}")
         if absent and rng.random() < negative_rate:
             asked.append(rng.choice(absent))
-        entries += [entry(f"Detect every {classes[cat]}.", tuple(boxes.get(cat, ())), classes[cat],
-                          f"{image_id}/{classes[cat]}") for cat in sorted(asked)]
+        entries += [replace(image, objects=tuple(boxes.get(cat, ())), image_id=f"{image_id}/{classes[cat]}",
+                            prompt=f"Detect every {classes[cat]}.", label=classes[cat]) for cat in sorted(asked)]
     return entries
 
 
@@ -159,7 +156,7 @@ def _boxes(annotations: list, images: dict, classes: dict[int, str], groups: set
             if cat in groups:
                 continue
             raise InputError(f"{place} field 'category_id': {cat!r} is not in 'categories'; fix or drop it")
-        path, width, height, _ = images[ann["image_id"]]
+        _, width, height, _ = images[ann["image_id"]]
         box = _xyxy(ann.get("bbox"), place)
         validate_box(box, width, height, f"{place} field 'bbox'")
         boxes, crowd = found.setdefault(ann["image_id"], ({}, set()))

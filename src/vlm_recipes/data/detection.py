@@ -33,8 +33,8 @@ from .cache import cached_dataset
 from .coco import coco_entries, find_coco
 from .index import Entry, GroundingIndex
 from .refcoco import is_refcoco, refcoco_entries
-from .swift import is_swift, swift_entries
 from .sources import Rows, open_source, resolve_split, undecoded
+from .swift import is_swift, swift_entries
 from .synthetic import CATEGORY, make_nutrition_dataset
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,8 @@ def load_detection_splits(source: str, train_split: str = "train", test_split: s
         if num_shifted:
             raise InputError(f"data.num_shifted={num_shifted}: COCO data has no out-of-domain split; set "
                              "data.num_shifted=0")
-        read = lambda split, limit: _coco_index(source, coco, split, limit, seed, max_side, coco_samples,  # noqa: E731
-                                                coco_negative_rate)
-        return {"train": read(train_split, max_train), "test": read(test_split, max_test)}
+        return {name: _coco_index(source, coco, split, limit, seed, max_side, coco_samples, coco_negative_rate)
+                for name, split, limit in (("train", train_split, max_train), ("test", test_split, max_test))}
     base_dir = Path.cwd()
     if source == "synthetic" or source in SYNTHETIC_SCENES:
         # rows are i.i.d. and row i does not depend on the count: generating fewer is the same as

@@ -18,8 +18,9 @@ at any size the image is decoded or downscaled to (`max_side`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -74,12 +75,14 @@ class GroundingIndex(Sequence):
     def __radd__(self, other) -> list:
         return list(other) + list(self)
 
-    def subset(self, indices: Sequence[int]) -> "GroundingIndex":
+    def subset(self, indices: Sequence[int]) -> GroundingIndex:
         """These rows, still undecoded (validation carve-out, max_train, slices)."""
         return GroundingIndex([self.entries[i] for i in indices], self.read_image, self.max_side)
 
     def sample(self, entry: Entry):
-        from .detection import GroundingSample  # detection builds indexes: imported here to avoid a cycle
+        from .detection import (
+            GroundingSample,  # detection builds indexes: imported here to avoid a cycle
+        )
 
         image = decode_image(self.read_image(entry), entry.where, size=entry.size)
         image = downscaled(image, self.max_side)
