@@ -95,6 +95,23 @@ def test_swift_pixels_and_norm1000_both_placeholder_styles(tmp_path):
     assert train[2].prompt == f"Find every {rows[2]['objects']['ref'][0]}."
 
 
+def test_carve_out_slice_and_process_shards_pick_rows_of_the_index(tmp_path, monkeypatch):
+    from vlm_recipes.models import distributed
+
+    root = make_coco2017(tmp_path / "coco", n_train=30, n_val=4)
+    splits = load_splits(DataConfig(dataset=f"{root}[train:20]", num_val=2), "detection", seed=0)
+    train, val = splits["train"], splits["val"]
+    assert isinstance(train, GroundingIndex) and isinstance(val, GroundingIndex)  # nothing decoded yet
+    assert len(train) == 18 and len(val) == 2
+    ids = [e.image_id for e in train.entries]
+    assert not set(ids) & {e.image_id for e in val.entries}
+    shards = []
+    for rank in range(2):  # evaluation's sharding between 2 processes, blocks of 4 samples
+        monkeypatch.setattr(distributed, "rank_and_world", lambda rank=rank: (rank, 2))
+        shards.append([s.image_id for s in distributed.shard(train, 4)])
+    assert sorted(shards[0] + shards[1]) == sorted(ids) and shards[0][:4] == ids[:4] and shards[1][:4] == ids[4:8]
+
+
 # --- memory: an index, not decoded images -------------------------------------------------------
 
 def _rss_after_a_short_run(root) -> int:
