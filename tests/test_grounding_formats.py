@@ -197,11 +197,11 @@ BAD = [  # (maker, case, what the line names: file, row, field)
     (_bad_coco, "box outside", ["instances_train2017.json", "annotations[1]", "'bbox'", "outside"]),
     (_bad_coco, "zero area", ["instances_train2017.json", "annotations[1]", "'bbox'", "zero"]),
     (_bad_coco, "unknown category", ["instances_train2017.json", "annotations[1]", "'category_id'", "9"]),
-    (_bad_swift, "missing image", ["swift", "row 1 of split 'train'", "'images'", "does not exist"]),
-    (_bad_swift, "box outside", ["swift", "row 1 of split 'train'", "'objects.bbox'", "outside"]),
-    (_bad_swift, "bbox count", ["swift", "row 1 of split 'train'", "'messages'", "<bbox>"]),
-    (_bad_refcoco, "no expression", ["ref", "row 1 of split 'val'", "'answer'", "no referring expression"]),
-    (_bad_refcoco, "box outside", ["ref", "row 1 of split 'val'", "'bbox'", "outside"]),
+    (_bad_swift, "missing image", ["swift (train.jsonl)", "row 1 of split 'train'", "'images'", "does not exist"]),
+    (_bad_swift, "box outside", ["swift (train.jsonl)", "row 1 of split 'train'", "'objects.bbox'", "outside"]),
+    (_bad_swift, "bbox count", ["swift (train.jsonl)", "row 1 of split 'train'", "'messages'", "<bbox>"]),
+    (_bad_refcoco, "no expression", ["ref (val-00000-of-00001.parquet)", "row 1 of split 'val'", "'answer'", "no referring expression"]),
+    (_bad_refcoco, "box outside", ["ref (val-00000-of-00001.parquet)", "row 1 of split 'val'", "'bbox'", "outside"]),
 ]
 
 

@@ -191,11 +191,14 @@ def _convert(reading: _Reading, splits: dict[str, Rows], split: str, limit: int 
     if limit is not None and limit < len(rows):
         # seeded by the split name too, so train and test subsets are drawn independently
         indices = sorted(random.Random(f"{seed}:{name}").sample(indices, limit))
+    files = getattr(rows, "files", [])
+    in_file = f" ({files[0].name})" if len(files) == 1 and str(files[0]) != source else ""  # e.g. train.jsonl
     entries_of = row_converter(rows.column_names)
     annotations = rows if entries_of is refcoco_entries else annotation_rows(rows)  # RefCOCO: sizes from headers
     entries, skipped = [], 0
     for i in indices:
-        found = entries_of(annotations[i], i, f"row {i} of split {name!r} of dataset {source}", f"{name}-{i}", reading)
+        found = entries_of(annotations[i], i, f"row {i} of split {name!r} of dataset {source}{in_file}", f"{name}-{i}",
+                           reading)
         skipped += not found
         entries += found
     if skipped:
