@@ -105,7 +105,7 @@ def render_multi_scene(rng: random.Random):
     """(image, [(category, box), ...] of every labelled object, prompt, asked category, "detect")."""
     w, h = rng.randint(MIN_SIDE, MAX_SIDE), rng.randint(MIN_SIDE, MAX_SIDE)
     img, avoid = _background(rng, w, h), []
-    objects = [(CATEGORY, b) for b in (_table(rng, img, avoid, (0.18, 0.34)) for _ in range(rng.randint(0, 4))) if b]
+    objects = [(CATEGORY, b) for b in (_table(rng, img, avoid, (0.24, 0.42)) for _ in range(rng.randint(0, 4))) if b]
     objects += [("barcode", b) for b in (_barcode(rng, img, avoid) for _ in range(rng.randint(0, 2))) if b]
     objects += [("star", b) for b in (_star(rng, img, avoid, rng.choice(STAR_COLOURS))
                                       for _ in range(rng.randint(0, 2))) if b]
@@ -127,7 +127,7 @@ def render_refer_scene(rng: random.Random):
             return render_refer_scene(rng)
         colour, box = rng.choice(stars)
         return img, [("star", box)], f"Locate the {colour} star.", "star", "refer"
-    tables = [b for b in (_table(rng, img, avoid, (0.16, 0.3)) for _ in range(count)) if b]
+    tables = [b for b in (_table(rng, img, avoid, (0.22, 0.38)) for _ in range(count)) if b]
     _clutter(rng, img, avoid)
     if len(tables) < 2:
         return render_refer_scene(rng)

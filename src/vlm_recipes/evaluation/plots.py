@@ -48,22 +48,28 @@ def plot_validation(rows: list[dict], best: dict, path: Path, title: str = "") -
 
 
 REWARD_CURVES = [("reward", "total reward"), ("rewards/iou_reward/mean", "IoU reward"),
+                 ("rewards/match_reward/mean", "matching reward (sets)"),
                  ("rewards/format_reward/mean", "format reward"), ("watch/parsed", "answers that parse"),
+                 ("watch/boxes_per_answer", "boxes per answer"), ("watch/true_boxes", "true boxes per prompt"),
                  ("watch/area_ratio", "predicted / true box area")]
+
+RIGHT_AXIS = ("watch/area_ratio", "watch/boxes_per_answer", "watch/true_boxes")
+"""Curves that are not rewards in 0-1: ratios and counts, on the right panel."""
 
 
 def plot_rewards(history: list[dict], path: Path, title: str = "") -> None:
     """A GRPO stage's rewards and reward-hacking signals against step: the mean total and per-reward
     rewards, the fraction of answers that parse and the predicted box's area over the true one's
-    (1 = right-sized; a climb means boxes grow to game IoU)."""
+    (1 = right-sized; a climb means boxes grow to game IoU); on sets, boxes per answer against the
+    true count (a policy gaming the matching with spare boxes climbs above it)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     for key, label in REWARD_CURVES:
         points = [(e["step"], e[key]) for e in history if key in e]
         if points:
-            (right if key == "watch/area_ratio" else left).plot(*zip(*points), marker="o", markersize=2, label=label)
+            (right if key in RIGHT_AXIS else left).plot(*zip(*points), marker="o", markersize=2, label=label)
     left.set(xlabel="step", ylabel="mean over the step's answers", title=f"{title} rewards")
     right.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-    right.set(xlabel="step", ylabel="area ratio", title="predicted / true box area")
+    right.set(xlabel="step", ylabel="ratio or count", title="predicted vs true: box area, box count")
     left.legend(fontsize=8)
     right.legend(fontsize=8)
     fig.tight_layout()
