@@ -92,6 +92,14 @@ class GroundingIndex(Sequence):
                                prompt=entry.prompt, label=entry.label, task=entry.task)
 
 
+def every_single_box(samples) -> bool:
+    """Whether every sample is one object asked by category (`GroundingSample.single_box`), read from
+    an index's annotations without decoding its images."""
+    if isinstance(samples, GroundingIndex):
+        return all(e.task == "detect" and len(e.objects) == 1 for e in samples.entries)
+    return all(s.single_box for s in samples)
+
+
 def downscaled(image: Image.Image, max_side: int | None) -> Image.Image:
     """`image` with its longer side at most `max_side` (None: as it is); the processor shrinks it further anyway."""
     width, height = image.size

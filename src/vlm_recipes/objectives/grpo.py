@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 
 from ..boxes import is_empty_answer
 from ..data.chat import user_messages
+from ..data.index import every_single_box
 from ..evaluation.generation import answer_boxes, answer_texts
 from . import rewards
 from .grounding import answer_for
@@ -68,7 +69,7 @@ class GRPO(SFT):
         return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
 
     def trainer_inputs(self, train: list, val: list) -> dict:
-        sets = not all(s.single_box for s in train)
+        sets = not every_single_box(train)
         return {"train_dataset": self.prompts(train), "eval_dataset": self.prompts(val) if val else None,
                 "reward_funcs": self.set_reward_functions() if sets else self.reward_functions(),
                 "processing_class": left_padding(self.processor)}
