@@ -470,9 +470,11 @@ class GRPOOptions:
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """Divide advantages by the group's reward std (GRPO), the batch's, or not at all (Dr. GRPO)."""
     iou_weight: float = 1.0
-    """Weight of `iou_reward`: IoU of the first parsed box with the true box."""
+    """Weight of `iou_reward`: IoU of the first parsed box with the true box (sets of boxes:
+    `match_reward`, the Hungarian-matched IoU over max(predicted, true) boxes; D29)."""
     format_weight: float = 0.5
-    """Weight of `format_reward`: 1 when the answer parses into exactly one box with the asked label."""
+    """Weight of `format_reward`: 1 when the answer parses into exactly one box with the asked label
+    (sets: a list all labelled as asked, or the family's explicit empty answer)."""
     length_weight: float = 0.0
     """Weight of `length_penalty`: minus the tokens beyond the true answer's length, over max_completion_length."""
 
