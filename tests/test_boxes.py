@@ -2,8 +2,10 @@ import pytest
 
 from vlm_recipes.boxes import (
     format_answer,
+    is_empty_answer,
     openfoodfacts_to_xyxy,
     parse_answer,
+    reading_order,
     resized_size,
     validate_box,
     xyxy_to_openfoodfacts,
@@ -189,3 +191,50 @@ def test_parse_qwen2_vl_tolerant():
     assert parse_answer("table(200,100),(600,500)", 1000, 500, Q2, (1008, 504)) == [("", want)]
     # box without a label
     assert parse_answer("<|box_start|>(200,100),(600,500)<|box_end|>", 1000, 500, Q2, (1008, 504)) == [("", want)]
+
+
+# --- several objects and none (D29) ------------------------------------------------------
+
+TWO = [("b", (100.0, 120.0, 150.0, 160.0)), ("a", (10.0, 20.0, 60.0, 50.0))]  # given bottom first
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_empty_answer_round_trip(name):
+    family = get_family(name)
+    resized = resized_size(640, 480, family)
+    text = format_answer([], 640, 480, family, resized)
+    assert text == ("None" if name == "qwen2_vl" else "[]")
+    assert parse_answer(text, 640, 480, family, resized) == []
+    assert is_empty_answer(text, family) and is_empty_answer(f" {text}\n", family)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_unreadable_or_boxed_answers_are_not_the_empty_answer(name):
+    family = get_family(name)
+    resized = resized_size(640, 480, family)
+    assert not is_empty_answer("the table is missing", family)
+    assert not is_empty_answer(format_answer(TWO, 640, 480, family, resized), family)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_several_boxes_round_trip_in_reading_order(name):
+    family = get_family(name)
+    resized = resized_size(640, 480, family)
+    text = format_answer(reading_order(TWO), 640, 480, family, resized)
+    parsed = parse_answer(text, 640, 480, family, resized)
+    assert [label for label, _ in parsed] == ["a", "b"]  # top first, whatever order they were given in
+    for (_, got), (_, want) in zip(parsed, sorted(TWO, key=lambda o: o[1][1])):
+        assert got == pytest.approx(want, abs=640 / 1000 + 1)  # one grid step
+
+
+def test_reading_order_is_top_then_left_and_stable():
+    boxes = [("c", (50.0, 10.0, 60.0, 20.0)), ("b", (5.0, 10.0, 9.0, 20.0)), ("a", (70.0, 0.0, 80.0, 5.0)),
+             ("d", (5.0, 10.0, 8.0, 30.0))]
+    assert [label for label, _ in reading_order(boxes)] == ["a", "b", "d", "c"]
+
+
+def test_qwen2_vl_answer_lists_every_pair():
+    resized = resized_size(1000, 1000, Q2)
+    text = format_answer(reading_order(TWO), 1000, 1000, Q2, resized)
+    assert text == ("<|object_ref_start|>a<|object_ref_end|><|box_start|>(10,20),(60,50)<|box_end|>"
+                    "<|object_ref_start|>b<|object_ref_end|><|box_start|>(100,120),(150,160)<|box_end|>")

@@ -167,7 +167,8 @@ def _broken(tmp_path, row: int, **changes) -> str:
 ])
 def test_bad_rows_name_the_row_and_the_fix(tmp_path, changes, message):
     with pytest.raises(InputError, match=message) as err:
-        load_detection_splits(_broken(tmp_path, 1, **changes))
+        # annotations fail at load; the image itself (unreadable, other size) when its sample is used
+        list(load_detection_splits(_broken(tmp_path, 1, **changes))["train"])
     assert "\n" not in str(err.value)
     assert any(fix in str(err.value) for fix in ("fix", "drop"))
 
@@ -208,9 +209,10 @@ def test_hub_failure_says_to_pass_a_local_path(monkeypatch):
     """The hub answers but the load fails (offline, the fast check of D19 answers first: tests/test_resilience.py)."""
     import datasets
 
-    from vlm_recipes.data import sources
+    from vlm_recipes.data import hub, sources
 
     monkeypatch.setattr(sources, "_hub_reachable", lambda endpoint: True)
+    monkeypatch.setattr(hub, "_repo_bytes", lambda repo_id: None)  # its size is not asked of the network
 
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach the hub\nsecond line")
@@ -220,6 +222,21 @@ def test_hub_failure_says_to_pass_a_local_path(monkeypatch):
     msg = str(err.value)
     assert "openfoodfacts/nutrition-table-detection could not be loaded" in msg
     assert "ConnectionError: Couldn't reach the hub" in msg and "local path" in msg and "\n" not in msg
+
+
+def test_hub_dataset_too_large_to_download_is_refused_with_advice(monkeypatch):
+    import datasets
+
+    from vlm_recipes.data import hub, sources
+
+    monkeypatch.setattr(sources, "_hub_reachable", lambda endpoint: True)
+    monkeypatch.setattr(hub, "_repo_bytes", lambda repo_id: 27e9)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("downloaded anyway"))
+    with pytest.raises(InputError) as err:
+        load_detection_splits("someone/coco-2017")
+    msg = str(err.value)
+    assert "someone/coco-2017 is 27 GB to download" in msg and "hf download someone/coco-2017" in msg
+    assert "\n" not in msg
 
 
 # --- one source layer: slices, the test fallback, the image decoder, file formats --------------
@@ -329,3 +346,72 @@ def test_decoder_error_is_one_line_naming_the_row(value):
     with pytest.raises(InputError, match=r"^unreadable image in row 4 of split 'x': .+; fix or drop the row$") as err:
         decode_image(value, "row 4 of split 'x'")
     assert "\n" not in str(err.value)
+
+
+# --- grounding beyond one box (issue 29) --------------------------------------------------------
+
+SYNTHETIC_DIGEST = "dd91ecff16897451e44dd1b197895ab61432c1d41e095a43f146f326789d0ebe"
+"""sha256 of make_nutrition_dataset(3, 2, seed=0)'s PNG bytes and other columns, computed with main's
+code before issue 29: the in-domain rows must not change by a byte."""
+
+
+def test_in_domain_synthetic_rows_are_byte_identical():
+    import hashlib
+
+    dd = make_nutrition_dataset(n_train=3, n_test=2, seed=0)
+    digest = hashlib.sha256()
+    for split in ("train", "test"):
+        for row in dd[split].cast_column("image", ImageFeature(decode=False)):
+            digest.update(row["image"]["bytes"])
+            digest.update(json.dumps({k: v for k, v in row.items() if k != "image"}, sort_keys=True).encode())
+    assert digest.hexdigest() == SYNTHETIC_DIGEST
+
+
+def _with_objects(tmp_path, objects: list[dict]) -> str:
+    """The fixture's first train rows with their `objects` replaced, one per entry (the val split as is)."""
+    table = pq.read_table(TRAIN_FILE)
+    rows = table.to_pylist()[:len(objects)]
+    for row, obj in zip(rows, objects):
+        row["objects"] = obj
+    out = tmp_path / "objects"
+    out.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), out / "train-00000-of-00001.parquet")
+    pq.write_table(pq.read_table(FIXTURE / "val-00000-of-00001.parquet"), out / "val-00000-of-00001.parquet")
+    return str(out)
+
+
+TWO_TABLES = {"bbox": [[0.5, 0.5, 0.9, 0.9], [0.1, 0.1, 0.4, 0.4], [0.1, 0.6, 0.2, 0.9]],
+              "category_id": [0, 0, 1], "category_name": ["nutrition-table", "nutrition-table", "barcode"]}
+ONLY_A_BARCODE = {"bbox": [[0.1, 0.6, 0.2, 0.9]], "category_id": [1], "category_name": ["barcode"]}
+NOTHING = {"bbox": [], "category_id": [], "category_name": []}
+
+
+def test_openfoodfacts_rows_keep_every_table_and_negatives_only_when_asked(tmp_path):
+    source = _with_objects(tmp_path, [TWO_TABLES, ONLY_A_BARCODE, NOTHING])
+    plain = load_detection_splits(source)["train"]
+    assert len(plain) == 1 and len(plain[0].objects) == 2  # both tables, not the barcode
+    assert {label for label, _ in plain[0].objects} == {DataConfig.label} and not plain[0].single_box
+    kept = load_detection_splits(source, keep_negatives=True, prompt="Detect every nutrition table.")["train"]
+    assert [len(s.objects) for s in kept] == [2, 0, 0]
+    assert {s.prompt for s in kept} == {"Detect every nutrition table."}
+
+
+def test_synthetic_multi_has_several_objects_categories_and_negatives():
+    train = load_detection_splits("synthetic-multi", num_train=40, num_test=2, seed=0)["train"]
+    counts = [len(s.objects) for s in train]
+    assert 0 in counts and max(counts) >= 3
+    assert {s.label for s in train} == {"nutrition table", "barcode", "star"}
+    for s in train:
+        assert s.label in s.prompt and s.task == "detect"
+        assert all(label == s.label for label, _ in s.objects)
+        assert all(0 <= x1 < x2 <= s.width and 0 <= y1 < y2 <= s.height for x1, y1, x2, y2 in s.boxes)
+
+
+def test_synthetic_refer_singles_out_one_of_several():
+    train = load_detection_splits("synthetic-refer", num_train=20, num_test=2, seed=0)["train"]
+    assert all(s.task == "refer" and len(s.objects) == 1 for s in train)
+    left = [s for s in train if "leftmost" in s.prompt]
+    assert left and all(s.label == "nutrition table" for s in left)
+    assert any(s.label == "star" for s in train)
+    with pytest.raises(InputError, match="num_shifted"):
+        load_detection_splits("synthetic-refer", num_train=2, num_test=2, num_shifted=2)

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from vlm_recipes.boxes import is_empty_answer
 from vlm_recipes.config import ModelConfig, load_recipe
 from vlm_recipes.data.synthetic import MAX_SIDE, SHIFTED_SIDES, make_nutrition_dataset, render_nutrition_example
 from vlm_recipes.errors import InputError
@@ -15,7 +16,7 @@ from vlm_recipes.evaluation.generation import answer_boxes
 from vlm_recipes.families import get_family
 from vlm_recipes.models.loading import open_base
 from vlm_recipes.objectives import rewards
-from vlm_recipes.objectives.grpo import watch
+from vlm_recipes.objectives.grpo import watch, watch_sets
 
 MIN_REWARD_RISE = 0.03
 """Mean reward, last 6 steps minus first 6, of the short run below: measured 0.783 -> 0.893 (+0.11)
@@ -59,6 +60,53 @@ def test_rewards_read_qwen2_vl_special_token_boxes(processor):
     assert _score(exact, processor, "qwen2_vl") == (pytest.approx(1.0), 1.0)
     no_label = "<|box_start|>(100,100),(600,600)<|box_end|>"
     assert _score(no_label, processor, "qwen2_vl") == (pytest.approx(1.0), 0.0)
+
+
+# --- sets of boxes (several objects, negatives) -------------------------------------------
+
+T1, T2 = (20.0, 10.0, 60.0, 50.0), (100.0, 10.0, 140.0, 50.0)  # qwen3_vl: [100,100,300,500], [500,100,700,500]
+ONE = '{{"bbox_2d": [{}], "label": "nutrition table"}}'
+
+
+def _set_score(text: str, targets: list, processor) -> tuple[float, float]:
+    family = get_family("qwen3_vl")
+    boxes = answer_boxes(text, W, H, family, processor)
+    return (rewards.match_reward(boxes, targets),
+            rewards.set_format_reward(boxes, is_empty_answer(text, family), LABEL))
+
+
+@pytest.mark.parametrize("items, targets, match, fmt", [
+    (["100, 100, 300, 500", "500, 100, 700, 500"], [T1, T2], 1.0, 1.0),  # both, exact
+    (["500, 100, 700, 500", "100, 100, 300, 500"], [T1, T2], 1.0, 1.0),  # order plays no part
+    (["100, 100, 300, 500"], [T1, T2], 0.5, 1.0),  # one missing: counts 0
+    (["100, 100, 300, 500", "100, 100, 300, 500"], [T1], 0.5, 1.0),  # a duplicate is an extra box
+    (["100, 100, 300, 500", "500, 100, 700, 500", "0, 0, 50, 50"], [T1, T2], 2 / 3, 1.0),  # one extra
+    # one box covering both (120 x 40 px): IoU with one of them 1600 / 4800; the other is missing
+    (["100, 100, 700, 500"], [T1, T2], (1600 / 4800) / 2, 1.0),
+    ([], [], 1.0, 1.0),  # the empty answer on a negative
+    ([], [T1], 0.0, 1.0),  # the empty answer on a positive: well formed, scores nothing
+    (["100, 100, 300, 500"], [], 0.0, 1.0),  # a box on a negative
+])
+def test_set_rewards_on_hand_written_answers(items, targets, match, fmt, processor):
+    text = "[" + ", ".join(ONE.format(i) for i in items) + "]"
+    assert _set_score(text, targets, processor) == (pytest.approx(match), fmt)
+
+
+@pytest.mark.parametrize("text", ["nothing here", "", '[{"bbox_2d": [100, 100'])
+def test_unreadable_answers_score_nothing_on_a_negative(text, processor):
+    assert _set_score(text, [], processor)[1] == 0.0  # no format reward: only the explicit empty answer
+
+
+def test_set_format_reward_wants_the_asked_label(processor):
+    text = '[{"bbox_2d": [100, 100, 300, 500], "label": "barcode"}]'
+    assert _set_score(text, [T1], processor) == (pytest.approx(1.0), 0.0)
+
+
+def test_watch_sets_compares_boxes_per_answer_with_the_true_count():
+    answers = [[("t", T1), ("t", T2), ("t", T1)], [], [("t", T1)]]
+    signals = watch_sets(answers, [[T1, T2], [], [T1]])
+    assert signals == {"watch/boxes_per_answer": pytest.approx(4 / 3), "watch/true_boxes": pytest.approx(1.0),
+                       "watch/empty": pytest.approx(1 / 3)}
 
 
 def test_length_penalty():

@@ -36,7 +36,7 @@ from .data.chat import user_messages
 from .data.messages import ChatSample
 from .data.sources import image_files, open_image
 from .errors import InputError
-from .evaluation.generation import first_box
+from .evaluation.generation import answer_boxes
 from .models.export import ExportResult, adapter_dir_of, merge_adapter
 from .models.loading import load_model, load_processor, model_family, open_base, peft_quietly
 from .objectives import build_objective
@@ -158,9 +158,11 @@ def _quantization(located: _Located, quantized: bool | None) -> QuantizationConf
 def predict(model_dir: str | Path, images, *, prompt: str | None = None, label: str | None = None,
             batch_size: int = 16, max_new_tokens: int | None = None, device: str = "cpu",
             quantized: bool | None = None) -> list[dict]:
-    """One dict per image: image (its path), box (x1, y1, x2, y2 pixels of the upright image, or
-    None), box_normalized_off (OpenFoodFacts (y_min, x_min, y_max, x_max) in 0-1, or None), label
-    (`label` when a box was found), confidence (mean token probability), answer (the raw text).
+    """One dict per image: image (its path), boxes (every box of the answer, in its order: a list of
+    {"label", "box", "box_normalized_off"}, empty when the answer names none), box (the first box:
+    x1, y1, x2, y2 pixels of the upright image, or None), box_normalized_off (OpenFoodFacts (y_min,
+    x_min, y_max, x_max) in 0-1, or None), label (`label` when a box was found), confidence (mean
+    token probability), answer (the raw text).
     `images`: image files and/or directories (searched recursively). `prompt`/`label` default to
     the run's recipe, else the DataConfig defaults; decoding is the objective's own (greedy, or
     mdlm's unmasking). `quantized` as in `open_trained`."""
@@ -193,12 +195,16 @@ def _unlabelled(objective, pictures, paths, prompt: str) -> list:
     for chat objectives (mdlm), else anything with `.image`."""
     if objective.data_kind == "chat":
         return [ChatSample([image], user_messages(prompt), "", str(p)) for image, p in zip(pictures, paths)]
-    return [SimpleNamespace(image=image, image_id=str(p)) for image, p in zip(pictures, paths)]
+    return [SimpleNamespace(image=image, image_id=str(p), prompt=prompt) for image, p in zip(pictures, paths)]
 
 
 def _prediction(path: Path, image, text: str, score: float, label: str, located: _Located) -> dict:
-    box = first_box(text, *image.size, located.family, located.processor)
-    return {"image": str(path), "box": list(box) if box else None,
+    found = answer_boxes(text, *image.size, located.family, located.processor)
+    box = found[0][1] if found else None
+    # a box's label is the answer's own when it wrote one, else the asked label
+    boxes = [{"label": own or label, "box": list(b), "box_normalized_off": list(xyxy_to_openfoodfacts(b, *image.size))}
+             for own, b in found]
+    return {"image": str(path), "boxes": boxes, "box": list(box) if box else None,
             "box_normalized_off": list(xyxy_to_openfoodfacts(box, *image.size)) if box else None,
             "label": label if box else None, "confidence": round(score, 4), "answer": text}
 
@@ -206,15 +212,16 @@ def _prediction(path: Path, image, text: str, score: float, label: str, located:
 # --- evaluating ---------------------------------------------------------------------------------
 
 def evaluate(model_dir: str | Path, dataset: str, *, recipe: str | None = None, out_dir: str | Path | None = None,
-             device: str = "cpu", max_test: int | None = None, quantized: bool | None = None) -> dict:
+             device: str = "cpu", max_test: int | None = None, quantized: bool | None = None,
+             split: str | None = None) -> dict:
     """{"model", "dataset", "recipe", "objective", "metrics"} of `model_dir` on `dataset`'s test split,
     scored by the objective's own evaluator (sft: IoU/AP, mrl: retrieval). The objective is the
     run's; `recipe` (default r4-joint) only names one for a model without a run. With `out_dir`:
     metrics.json (this dict) and predictions.json (one row per test sample). `quantized` as in
-    `open_trained`."""
+    `open_trained`. `split`: the split scored (default: the recipe's data.test_split)."""
     out = check_out_dir(out_dir) if out_dir is not None else None
     located = _locate(model_dir)
-    cfg = _eval_recipe(located.recipe or load_recipe(recipe or DEFAULT_RECIPE), dataset, max_test)
+    cfg = _eval_recipe(located.recipe or load_recipe(recipe or DEFAULT_RECIPE), dataset, max_test, split)
     objective = build_objective(cfg, located.processor, located.family)
     samples = objective.load_data()["test"]
     model = _load(located, device, quantized, objective)
@@ -228,11 +235,13 @@ def evaluate(model_dir: str | Path, dataset: str, *, recipe: str | None = None, 
     return report
 
 
-def _eval_recipe(recipe: RecipeConfig, dataset: str, max_test: int | None) -> RecipeConfig:
+def _eval_recipe(recipe: RecipeConfig, dataset: str, max_test: int | None, split: str | None = None) -> RecipeConfig:
     # Only the test split is scored, and splits are drawn independently of each other's size:
-    # one train row keeps the loader from rendering or converting a train split for nothing.
-    data = replace(recipe.data, dataset=dataset, num_train=1, max_train=1,
-                   max_test=max_test if max_test is not None else recipe.data.max_test)
+    # one train row keeps the loader from rendering or converting a train split for nothing. That
+    # row is read from the scored split, so data without a train split (RefCOCO) is scored too.
+    test_split = split or recipe.data.test_split
+    data = replace(recipe.data, dataset=dataset, num_train=1, max_train=1, test_split=test_split,
+                   train_split=test_split, max_test=max_test if max_test is not None else recipe.data.max_test)
     return replace(recipe, data=data)
 
 

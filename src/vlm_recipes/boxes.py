@@ -100,14 +100,31 @@ def _from_model(coords: Sequence[float], width: int, height: int, family: Family
     return (x1, y1, x2, y2)
 
 
+EMPTY_REF_ANSWER = "None"
+"""Qwen2-VL's answer when nothing matches: its `<|object_ref_start|>...<|box_end|>` pairs have no
+list around them, so zero pairs would be an empty turn; one plain word keeps the answer a written
+decision, parses to no box, and is what the family already writes as prose (DECISIONS D29)."""
+
+
+def reading_order(boxes: Sequence[tuple[str, Box]]) -> list[tuple[str, Box]]:
+    """The stated order of a multi-object answer: top to bottom by the box's top edge, then left to
+    right, so that an SFT target is one fixed text (DECISIONS D29). Stable: equal corners keep
+    their given order."""
+    return sorted(boxes, key=lambda item: (item[1][1], item[1][0]))
+
+
 def format_answer(boxes: Sequence[tuple[str, Box]], width: int, height: int, family: Family,
                   resized: tuple[int, int]) -> str:
-    """The assistant's answer for labelled canonical boxes, in the family's grounding format.
+    """The assistant's answer for labelled canonical boxes, in the family's grounding format and
+    the given order (training targets pass `reading_order(...)`); no boxes is the family's empty
+    answer (`[]`, or `EMPTY_REF_ANSWER`).
 
     `resized` is `resized_size(...)` of the image; only Qwen2.5-VL uses it, because its
     coordinates are absolute pixels of the resized image.
     """
     if family.box_format == "ref_box_1000":
+        if not boxes:
+            return EMPTY_REF_ANSWER
         parts = []
         for label, box in boxes:
             x1, y1, x2, y2 = _to_model(box, width, height, family, resized)
@@ -181,3 +198,15 @@ def parse_answer(text: str, width: int, height: int, family: Family,
         found = next((f for f in map(_json_items, _json_values(text)) if f), [])
     return [(label, _from_model(coords, width, height, family, resized))
             for label, coords in found]
+
+
+def is_empty_answer(text: str, family: Family) -> bool:
+    """Whether `text` is the family's explicit empty answer (`[]`, or `EMPTY_REF_ANSWER`), as
+    opposed to an answer we could not read; surrounding whitespace and a ```json fence are allowed."""
+    body = text.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+    if family.box_format == "ref_box_1000":
+        return body == EMPTY_REF_ANSWER
+    try:
+        return json.loads(body) == []
+    except ValueError:
+        return False

@@ -1,4 +1,4 @@
-"""`vlm-recipes evaluate --model M --dataset D [--recipe NAME] [--out DIR] [--max-test N]`: score a model.
+"""`vlm-recipes evaluate --model M --dataset D [--recipe NAME] [--split S] [--out DIR] [--max-test N]`: score a model.
 
 Any model (a run's, an export, a base) on any split the recipes read: its test split, scored by
 the objective's own evaluator (`api.evaluate`). Prints the metrics table; --out writes
@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="objective and prompt for a model without a run (default r4-joint); a run's "
                    "model always uses its own recipe")
     p.add_argument("--out", type=Path, help="directory for metrics.json and predictions.json")
+    p.add_argument("--split", help="the split scored (default: the recipe's data.test_split, 'test', which falls "
+                   "back to val/validation), e.g. testA of RefCOCO")
     p.add_argument("--max-test", type=int, help="score at most N test rows (default: the recipe's data.max_test)")
     return p
 
@@ -36,7 +38,7 @@ def run(args) -> int:
     if args.max_test is not None and args.max_test < 1:
         raise InputError(f"--max-test {args.max_test}: must be >= 1")
     report = api.evaluate(args.model, args.dataset, recipe=args.recipe, out_dir=args.out, device=args.device,
-                          max_test=args.max_test)
+                          max_test=args.max_test, split=args.split)
     print(f"# {args.model} on {args.dataset} ({report['recipe']}, objective {report['objective']})\n")
     print(metrics_table(args.model, report["metrics"]))
     if args.out is not None:
@@ -45,11 +47,14 @@ def run(args) -> int:
 
 
 def metrics_table(name: str, metrics: dict) -> str:
-    """The evaluator's table for one model: detection, retrieval (per direction and dim) or exact match."""
-    from ..evaluation.answers import detection_table
+    """The evaluator's table for one model: detection, sets of boxes, retrieval (per direction and dim)
+    or exact match."""
+    from ..evaluation.answers import detection_table, set_table
 
     if "mean_iou" in metrics:
         return detection_table([(name, metrics)])
+    if "f1" in metrics:
+        return set_table([(name, metrics)])
     if "t2i" in metrics or "t2v" in metrics:
         what = "video" if "t2v" in metrics else "image"
         forward, backward = ("t2v", "v2t") if what == "video" else ("t2i", "i2t")

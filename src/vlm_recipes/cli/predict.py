@@ -1,7 +1,8 @@
 """`vlm-recipes predict --model RUN/model --images FILES_OR_DIRS... [--out DIR] [--draw]`: boxes for images.
 
-One JSON line per image (`api.predict`'s dict): printed, or written to DIR/predictions.jsonl with
---out; --draw also writes each image with its box to DIR/drawn/<name>.png. Works for a run's
+One JSON line per image (`api.predict`'s dict, every box of the answer under "boxes"): printed, or
+written to DIR/predictions.jsonl with --out; --draw also writes each image with all its boxes to
+DIR/drawn/<name>.png. Works for a run's
 adapter or full weights, an exported checkpoint and a base model ("tiny", hub id, directory).
 
 Also the shared plumbing of the use-a-model commands (predict, evaluate, export): a parser whose
@@ -46,12 +47,13 @@ def model_parser(command: str, description: str,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = model_parser("predict", "Run a trained model on images: one JSON line per image with its box (pixels "
-                     "and OpenFoodFacts-normalised), label, confidence and answer.")
+    p = model_parser("predict", "Run a trained model on images: one JSON line per image with every box of its "
+                     "answer (pixels and OpenFoodFacts-normalised), labels, confidence and answer.")
     p.add_argument("--images", nargs="+", required=True, help="image files or directories (searched recursively)")
     p.add_argument("--out", type=Path, help="write DIR/predictions.jsonl instead of printing the lines")
-    p.add_argument("--draw", action="store_true", help="also write DIR/drawn/<name>.png with the box (needs --out)")
-    p.add_argument("--prompt", help="the question asked (default: the run's data.prompt)")
+    p.add_argument("--draw", action="store_true", help="also write DIR/drawn/<name>.png with every box (needs --out)")
+    p.add_argument("--prompt", help="the question asked, e.g. 'Detect every nutrition table.' or a referring "
+                   "expression (default: the run's data.prompt)")
     p.add_argument("--label", help="the name given to found boxes (default: the run's data.label)")
     p.add_argument("--batch-size", type=int, default=16, help="images per generate call (default 16)")
     p.add_argument("--max-new-tokens", type=int, help="answer length limit (default: the run's eval.max_new_tokens)")
@@ -84,7 +86,7 @@ def run(args) -> int:
 
 
 def draw_all(rows: list[dict], folder: Path) -> None:
-    """Each image with its box and label as folder/<stem>.png (stems made unique with -2, -3, ...)."""
+    """Each image with its boxes and labels as folder/<stem>.png (stems made unique with -2, -3, ...)."""
     from ..data.sources import open_image
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -99,10 +101,10 @@ def draw_all(rows: list[dict], folder: Path) -> None:
 def draw(image, row: dict):
     from PIL import ImageDraw
 
-    if row["box"] is not None:
-        pen = ImageDraw.Draw(image)
-        width = max(2, round(max(image.size) / 200))
-        pen.rectangle(row["box"], outline=(230, 30, 30), width=width)
-        x1, y1 = row["box"][:2]
-        pen.text((x1 + width, y1 + width), f"{row['label']} {row['confidence']:.2f}", fill=(230, 30, 30))
+    pen = ImageDraw.Draw(image)
+    width = max(2, round(max(image.size) / 200))
+    for found in row["boxes"]:
+        pen.rectangle(found["box"], outline=(230, 30, 30), width=width)
+        x1, y1 = found["box"][:2]
+        pen.text((x1 + width, y1 + width), f"{found['label']} {row['confidence']:.2f}", fill=(230, 30, 30))
     return image

@@ -15,9 +15,10 @@ from pathlib import Path
 from ..errors import InputError, TrainingDiverged, exit_code
 from .predict import OneLineParser
 
-RECIPE_FLAGS = ("recipe", "model", "family", "dataset", "epochs", "max_steps", "seed", "overrides", "overwrite")
+RECIPE_FLAGS = ("recipe", "model", "family", "dataset", "split", "epochs", "max_steps", "seed", "overrides", "overwrite")
 SHORTCUTS = {"model": "model.name_or_path", "family": "model.family", "dataset": "data.dataset",
-             "epochs": "train.num_train_epochs", "max_steps": "train.max_steps", "seed": "seed"}
+             "split": "data.test_split", "epochs": "train.num_train_epochs", "max_steps": "train.max_steps",
+             "seed": "seed"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "configs/accelerate/fsdp.yaml (FSDP2) or zero2.yaml; default: plain DDP")
     p.add_argument("--model", help="base model: 'tiny' (shipped), a hub id or a local checkpoint dir")
     p.add_argument("--family", help="qwen2-vl | qwen2.5-vl | qwen3-vl: which tiny base / box format")
-    p.add_argument("--dataset", help="'synthetic', a hub id, a saved datasets dir or parquet file(s)")
+    p.add_argument("--dataset", help="'synthetic', 'synthetic-multi', 'synthetic-refer', a hub id, a saved datasets dir, "
+                   "parquet or JSON Lines file(s), a COCO/Roboflow directory (README: Bring your own data)")
+    p.add_argument("--split", help="the split scored (data.test_split), e.g. testA of RefCOCO")
     p.add_argument("--epochs", type=float, help="train.num_train_epochs for every stage")
     p.add_argument("--max-steps", type=int, help="train.max_steps for every stage (overrides epochs)")
     p.add_argument("--output-dir", type=Path, help="run directory (default: runs/<recipe>-<time>)")

@@ -184,9 +184,11 @@ class GRPOOptions:
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """Divide advantages by the group's reward std (GRPO), the batch's, or not at all (Dr. GRPO)."""
     iou_weight: float = 1.0
-    """Weight of `iou_reward`: IoU of the first parsed box with the true box."""
+    """Weight of `iou_reward`: IoU of the first parsed box with the true box (sets of boxes:
+    `match_reward`, the Hungarian-matched IoU over max(predicted, true) boxes; D29)."""
     format_weight: float = 0.5
-    """Weight of `format_reward`: 1 when the answer parses into exactly one box with the asked label."""
+    """Weight of `format_reward`: 1 when the answer parses into exactly one box with the asked label
+    (sets: a list all labelled as asked, or the family's explicit empty answer)."""
     length_weight: float = 0.0
     """Weight of `length_penalty`: minus the tokens beyond the true answer's length, over max_completion_length."""
 
@@ -223,7 +225,14 @@ def check_prompts_per_step(options, accumulation_steps: int, where: str) -> None
 # --- what the package knows about each objective ------------------------------------------------
 
 DETECTION_METRICS = ("mean_iou", "median_iou", "detection_rate", "iou_gt_0.5", "iou_gt_0.7", "ap", "ap50",
-                     "exact_match")
+                     "exact_match", "precision", "recall", "f1", "matched_iou", "map", "map50", "acc50",
+                     "negative_empty")
+"""Higher-is-better metrics of the grounding evaluator: single-box data (mean_iou ... ap50), sets of
+boxes (precision ... map50 at IoU 0.5, evaluation/detection.py), referring expressions (acc50),
+negatives (negative_empty), conversations (exact_match)."""
+GROUNDING_DATASET_METRICS = (("synthetic-multi", "f1"), ("synthetic-refer", "acc50"))
+"""Datasets whose default validation metric is not the answer objectives' (their answers are sets of
+boxes, or referring expressions; D29)."""
 RETRIEVAL_METRIC = re.compile(r"^((t2i|i2t|t2v|v2t)(\.\d+)?\.(recall@1|recall@5|recall@10|mrr@10|ndcg@10)"
                               r"|order(\.\d+)?)$")
 VIDEO_DATASETS = ("synthetic-video",)
@@ -266,17 +275,23 @@ class ObjectiveSpec:
     """The module exposing OBJECTIVE_CLASS; "" = vlm_recipes.objectives.<name>."""
     packs: bool = False
     """Its batches are padded next-token batches that `train.packing` / `group_by_length` can rebuild (D31)."""
+    dataset_metrics: tuple[tuple[str, str], ...] = ()
+    """(source, metric): the default on these sources, when it differs (synthetic-multi: f1)."""
 
     def default_metric_for(self, dataset: str) -> str:
-        video = self.video_metric and dataset.split("[")[0] in VIDEO_DATASETS
-        return self.video_metric if video else self.default_metric
+        source = dataset.split("[")[0]
+        if self.video_metric and source in VIDEO_DATASETS:
+            return self.video_metric
+        return dict(self.dataset_metrics).get(source, self.default_metric)
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "sft": ObjectiveSpec(SFTOptions, ANSWER_METRICS, "mean_iou", shares_data_with=frozenset({"grpo"}), packs=True),
+    "sft": ObjectiveSpec(SFTOptions, ANSWER_METRICS, "mean_iou", shares_data_with=frozenset({"grpo"}), packs=True,
+                         dataset_metrics=GROUNDING_DATASET_METRICS),
     "mrl": ObjectiveSpec(MRLOptions, RETRIEVAL_METRICS, "t2i.recall@1", video_metric="t2v.recall@1"),
-    "mdlm": ObjectiveSpec(MDLMOptions, ANSWER_METRICS, "mean_iou"),
-    "grpo": ObjectiveSpec(GRPOOptions, ANSWER_METRICS, "mean_iou", shares_data_with=frozenset({"sft"})),
+    "mdlm": ObjectiveSpec(MDLMOptions, ANSWER_METRICS, "mean_iou", dataset_metrics=GROUNDING_DATASET_METRICS),
+    "grpo": ObjectiveSpec(GRPOOptions, ANSWER_METRICS, "mean_iou", shares_data_with=frozenset({"sft"}),
+                          dataset_metrics=GROUNDING_DATASET_METRICS),
 }
 """Objective name -> its spec. A new objective adds its entry here and its module in objectives/."""
 

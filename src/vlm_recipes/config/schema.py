@@ -269,10 +269,27 @@ class DataConfig:
     backgrounds, table layouts, image sizes and distractors); another source: its split "shifted"."""
     prompt: str = "Locate the nutrition table in the image."
     label: str = "nutrition table"
+    keep_negatives: bool = False
+    """Keep OpenFoodFacts-schema rows without a box of the asked category as negatives (answer:
+    nothing). Off: such a row may be unannotated rather than empty, and the recipes' task is "locate
+    THE table" (D29). Rows with their own `prompt` (synthetic-multi) are always kept."""
     video: VideoConfig = field(default_factory=VideoConfig)
     """Frame sampling and per-frame pixel budget of video targets, queries and negatives (mrl)."""
+    train_split: str = "train"
+    """The split trained on (detection data); e.g. "val" for lmms-lab/RefCOCO, which has no train split."""
+    test_split: str = "test"
+    """The split scored (detection data; `--split` of train and evaluate): "test" falls back to "val",
+    then "validation"; RefCOCO's are val/test/testA/testB."""
+    coco_samples: Literal["each", "all"] = "each"
+    """COCO data: one sample per (image, category) asked "Detect every <category>." ("each"), or one per
+    image asking for every object ("all"); data/coco.py."""
+    coco_negative_rate: float = 0.25
+    """COCO data, "each": the seeded fraction of images that also get a question about a category
+    absent from them (answer: nothing)."""
 
     def __post_init__(self):
+        if not 0 <= self.coco_negative_rate <= 1:
+            raise InputError(f"data.coco_negative_rate={self.coco_negative_rate}: must be within 0..1")
         if self.num_train < 1 or self.num_test < 1 or self.num_val < 0 or self.num_shifted < 0:
             raise InputError("data.num_train and data.num_test must be >= 1, data.num_val and data.num_shifted >= 0")
         for key in ("max_train", "max_test"):

@@ -140,6 +140,10 @@ def _open_hub(source: str) -> dict[str, Rows]:
     from datasets import load_dataset
 
     check_hub_available(source, "dataset")
+    if not constants_offline():
+        from .hub import check_hub_download_size
+
+        check_hub_download_size(source)  # too large to download whole: refused with advice (data/hub.py)
     try:
         dd = load_dataset(source)
     except Exception as e:  # network, auth, missing repo, bad files: all are "cannot load it"
@@ -147,6 +151,12 @@ def _open_hub(source: str) -> dict[str, Rows]:
                          f"{first_line(e)}): check the id and the network, or download it and pass a "
                          "local path (save_to_disk directory or parquet files)") from e
     return undecoded(dd)
+
+
+def constants_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 HUB_CONNECT_TIMEOUT = 3.0

@@ -53,7 +53,10 @@ def _load_kind(data: DataConfig, kind: str, seed: int, num_hard_negatives: int) 
     if messages is not None:
         return messages_splits(messages, source, limits)
     return load_detection_splits(source, num_train=data.num_train, num_test=data.num_test, max_train=max_train,
-                                 max_test=max_test, seed=seed, num_shifted=data.num_shifted)
+                                 max_test=max_test, seed=seed, num_shifted=data.num_shifted, prompt=data.prompt,
+                                 label=data.label, keep_negatives=data.keep_negatives, train_split=data.train_split,
+                                 test_split=data.test_split, coco_samples=data.coco_samples,
+                                 coco_negative_rate=data.coco_negative_rate)
 
 
 def carve_validation(splits: dict[str, list], num_val: int, seed: int) -> dict[str, list]:
@@ -63,6 +66,9 @@ def carve_validation(splits: dict[str, list], num_val: int, seed: int) -> dict[s
     train = splits["train"]
     count = min(num_val, len(train) // 10)
     picked = set(random.Random(seed).sample(range(len(train)), count))
+    if hasattr(train, "subset"):  # an index (data/index.py): rows picked, nothing decoded
+        rest = train.subset([i for i in range(len(train)) if i not in picked])
+        return {**splits, "train": rest, "val": train.subset(sorted(picked)) if picked else []}
     rest = [s for i, s in enumerate(train) if i not in picked] if isinstance(train, list) else Without(train, picked)
     return {**splits, "train": rest, "val": [train[i] for i in sorted(picked)]}
 

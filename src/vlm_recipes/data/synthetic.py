@@ -61,11 +61,11 @@ GENERIC = ["framed box", "text block", "striped box"]
 
 
 @lru_cache(maxsize=None)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def load_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)  # bundled with Pillow: nothing to download
 
 
-def _colour(rng: random.Random, lo: int = 0, hi: int = 255) -> RGB:
+def random_colour(rng: random.Random, lo: int = 0, hi: int = 255) -> RGB:
     return (rng.randint(lo, hi), rng.randint(lo, hi), rng.randint(lo, hi))
 
 
@@ -73,9 +73,9 @@ def jitter(rng: random.Random, c: RGB, amount: int = 15) -> RGB:
     return tuple(min(255, max(0, v + rng.randint(-amount, amount))) for v in c)  # type: ignore[return-value]
 
 
-def _background(rng: random.Random, w: int, h: int) -> Image.Image:
+def background(rng: random.Random, w: int, h: int) -> Image.Image:
     """Flat colour, gradient or bands, plus pixel noise: packaging rarely is one clean colour."""
-    c1, c2 = np.array(_colour(rng), np.float32), np.array(_colour(rng), np.float32)
+    c1, c2 = np.array(random_colour(rng), np.float32), np.array(random_colour(rng), np.float32)
     return _noisy(rng, _profile_background(rng, w, h, c1, c2))
 
 
@@ -95,7 +95,7 @@ def _profile_background(rng: random.Random, w: int, h: int, c1, c2) -> np.ndarra
 
 def _textured_background(rng: random.Random, w: int, h: int) -> Image.Image:
     """The shifted style's backgrounds, never seen in training: checks, diagonal stripes or dots."""
-    c1, c2 = np.array(_colour(rng), np.float32), np.array(_colour(rng), np.float32)
+    c1, c2 = np.array(random_colour(rng), np.float32), np.array(random_colour(rng), np.float32)
     kind, cell = rng.choice(["checks", "diagonal", "dots"]), rng.randint(8, 24)
     ys, xs = np.mgrid[0:h, 0:w]
     if kind == "checks":
@@ -114,7 +114,7 @@ def _noisy(rng: random.Random, arr: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def _place(rng: random.Random, w: int, h: int, bw: int, bh: int, avoid: list[Box]) -> Box | None:
+def place(rng: random.Random, w: int, h: int, bw: int, bh: int, avoid: list[Box]) -> Box | None:
     """A `bw`x`bh` box inside the image at least 2 px from all of `avoid`, or None."""
     for _ in range(12 if bw <= w and bh <= h else 0):
         x, y = rng.randint(0, w - bw), rng.randint(0, h - bh)
@@ -163,27 +163,27 @@ def _wrapped_text(rng: random.Random, words: list[str], width: int, lines: int, 
     for _ in range(max(1, lines)):
         line = rng.choice(words)
         for word in rng.sample(words, min(8, len(words))):
-            if _font(size).getlength(f"{line} {word}") > width:
+            if load_font(size).getlength(f"{line} {word}") > width:
                 break
             line = f"{line} {word}"
         out.append(line)
     return "\n".join(out)
 
 
-def _draw_item(rng: random.Random, img: Image.Image, kind: str, box: Box, colour: RGB,
+def draw_item(rng: random.Random, img: Image.Image, kind: str, box: Box, colour: RGB,
                words: list[str] = NOISE_WORDS) -> Box | None:
     """Draw a shape or generic item of `colour` inside `box`; return the box of what was drawn."""
     x0, y0, x1, y1 = (int(v) for v in box)
     d = ImageDraw.Draw(img)
     if kind == "framed box":
-        d.rectangle([x0, y0, x1 - 1, y1 - 1], fill=_colour(rng, 225, 255), outline=colour,
+        d.rectangle([x0, y0, x1 - 1, y1 - 1], fill=random_colour(rng, 225, 255), outline=colour,
                     width=rng.randint(1, 3))
         step = rng.randint(6, 12)
         for y in range(y0 + step, y1 - 4, step):
             d.line([(x0, y), (x1 - 1, y)], fill=colour)
         return (float(x0), float(y0), float(x1), float(y1))
     if kind == "striped box":  # black on white, it is a barcode
-        d.rectangle([x0, y0, x1 - 1, y1 - 1], fill=_colour(rng, 225, 255))
+        d.rectangle([x0, y0, x1 - 1, y1 - 1], fill=random_colour(rng, 225, 255))
         vertical = rng.random() < 0.7
         t, end = (x0 + 2, x1 - 2) if vertical else (y0 + 2, y1 - 2)
         while t < end:
@@ -197,7 +197,7 @@ def _draw_item(rng: random.Random, img: Image.Image, kind: str, box: Box, colour
         size = rng.randint(6, 9)
         block = Image.new("L", (x1 - x0, y1 - y0), 0)  # clips the text to the box
         text = _wrapped_text(rng, words, x1 - x0, (y1 - y0) // (size + 3), size)
-        ImageDraw.Draw(block).text((0, 0), text, font=_font(size), fill=255, spacing=2)
+        ImageDraw.Draw(block).text((0, 0), text, font=load_font(size), fill=255, spacing=2)
         mask.paste(block, (x0, y0))
     else:
         draw_shape(ImageDraw.Draw(mask), kind, box, 255)
@@ -208,10 +208,10 @@ def _draw_item(rng: random.Random, img: Image.Image, kind: str, box: Box, colour
 
 # --- nutrition tables -------------------------------------------------------------------
 
-def _nutrition_table(rng: random.Random, tw: int, th: int, shifted: bool = False) -> Image.Image:
+def nutrition_table(rng: random.Random, tw: int, th: int, shifted: bool = False) -> Image.Image:
     """The table alone, `tw`x`th`; drawn on its own canvas so its text is clipped to it. The shifted
     style prints it on a tinted card in coloured ink, with dotted rules or none."""
-    bg, ink = _colour(rng, 232, 255), _colour(rng, 0, 60)
+    bg, ink = random_colour(rng, 232, 255), random_colour(rng, 0, 60)
     if shifted:
         tint = rng.randrange(3)
         bg = tuple(rng.randint(150, 200) if c == tint else rng.randint(225, 255) for c in range(3))
@@ -222,19 +222,19 @@ def _nutrition_table(rng: random.Random, tw: int, th: int, shifted: bool = False
     fs = max(6, min(12, round(min(th / 8, tw / 9) * rng.uniform(0.8, 1.2))))
     pad = border + 2
     ft = fs + rng.randint(0, 3)
-    title = rng.choice([t for t in TITLES if _font(ft).getlength(t) <= tw - 2 * pad] or ["NUTRITION"])
+    title = rng.choice([t for t in TITLES if load_font(ft).getlength(t) <= tw - 2 * pad] or ["NUTRITION"])
     inverted = rng.random() < 0.3  # a dark title band, as on many European packs
     if inverted:
         d.rectangle([0, 0, tw - 1, ft + pad + 2], fill=ink)
-    d.text((pad, pad), title, font=_font(ft), fill=bg if inverted else ink)
+    d.text((pad, pad), title, font=load_font(ft), fill=bg if inverted else ink)
     y = pad + ft + 4
     d.rectangle([0, y, tw - 1, y + rng.randint(1, 3)], fill=ink)  # thick rule under the title
     y += 4
-    rule = ink if rng.random() < 0.6 else _colour(rng, 90, 150)
+    rule = ink if rng.random() < 0.6 else random_colour(rng, 90, 150)
     rh = fs + rng.randint(3, 6)
     per_100g = tw > 110 and rng.random() < 0.4
     dotted = shifted and rng.random() < 0.5
-    font = _font(fs)
+    font = load_font(fs)
     for name, unit in rng.sample(NUTRIENTS, len(NUTRIENTS)):
         if y + rh > th - pad:
             break
@@ -263,31 +263,31 @@ def _distractor(rng: random.Random, img: Image.Image, avoid: list[Box]) -> None:
     if kind in ("brand", "claim"):
         text = rng.choice(BRANDS if kind == "brand" else CLAIMS)
         size = rng.randint(14, 24) if kind == "brand" else rng.randint(8, 13)
-        box = _place(rng, w, h, *ImageDraw.Draw(img).textbbox((0, 0), text, font=_font(size))[2:], avoid)
+        box = place(rng, w, h, *ImageDraw.Draw(img).textbbox((0, 0), text, font=load_font(size))[2:], avoid)
         if box:
-            ImageDraw.Draw(img).text(box[:2], text, font=_font(size), fill=_colour(rng))
+            ImageDraw.Draw(img).text(box[:2], text, font=load_font(size), fill=random_colour(rng))
     elif kind == "barcode":
-        box = _place(rng, w, h, rng.randint(30, 60), rng.randint(20, 40), avoid)
+        box = place(rng, w, h, rng.randint(30, 60), rng.randint(20, 40), avoid)
         if box:
-            _draw_item(rng, img, "striped box", box, (0, 0, 0))
+            draw_item(rng, img, "striped box", box, (0, 0, 0))
     elif kind == "shape":
         shape = rng.choice(SHAPES)
-        box = _place(rng, w, h, *_shape_size(rng, shape, rng.random() < 0.5), avoid)
+        box = place(rng, w, h, *_shape_size(rng, shape, rng.random() < 0.5), avoid)
         if box:
-            _draw_item(rng, img, shape, box, _colour(rng))
+            draw_item(rng, img, shape, box, random_colour(rng))
     else:
         # decoys sharing ONE feature with the table: a white box (maybe with a dark border) with
         # no rules or text, or lines of text (maybe on a white patch) with no border or rules
-        box = _place(rng, w, h, rng.randint(30, max(31, w // 2)), rng.randint(24, max(25, h // 2)), avoid)
+        box = place(rng, w, h, rng.randint(30, max(31, w // 2)), rng.randint(24, max(25, h // 2)), avoid)
         if box:
             x0, y0, x1, y1 = (int(v) for v in box)
-            light = _colour(rng, 235, 255)
-            edge = _colour(rng, 0, 60) if kind == "white box" and rng.random() < 0.5 else light
+            light = random_colour(rng, 235, 255)
+            edge = random_colour(rng, 0, 60) if kind == "white box" and rng.random() < 0.5 else light
             if kind == "white box" or rng.random() < 0.5:
                 ImageDraw.Draw(img).rectangle([x0, y0, x1 - 1, y1 - 1], fill=light, outline=edge,
                                               width=rng.randint(1, 3))
             if kind == "text block":
-                _draw_item(rng, img, "text block", (x0 + 2, y0 + 2, x1 - 2, y1 - 2), _colour(rng, 0, 80),
+                draw_item(rng, img, "text block", (x0 + 2, y0 + 2, x1 - 2, y1 - 2), random_colour(rng, 0, 80),
                            INGREDIENT_WORDS)
     if box:
         avoid.append(box)
@@ -303,14 +303,14 @@ def render_nutrition_example(rng: random.Random, shifted: bool = False) -> tuple
     twice the distractors), which no training row has."""
     sides = SHIFTED_SIDES if shifted else (MIN_SIDE, MAX_SIDE)
     w, h = rng.randint(*sides), rng.randint(*sides)
-    img = _textured_background(rng, w, h) if shifted else _background(rng, w, h)
+    img = _textured_background(rng, w, h) if shifted else background(rng, w, h)
     tw, th = round(w * rng.uniform(0.2, 0.6)), round(h * rng.uniform(0.2, 0.6))
     x, y = rng.randint(0, w - tw), rng.randint(0, h - th)
     box = (float(x), float(y), float(x + tw), float(y + th))
     avoid: list[Box] = [box]
     for _ in range(rng.randint(6, 12) if shifted else rng.randint(3, 7)):
         _distractor(rng, img, avoid)
-    img.paste(_nutrition_table(rng, tw, th, shifted), (x, y))
+    img.paste(nutrition_table(rng, tw, th, shifted), (x, y))
     return img, box
 
 
@@ -354,15 +354,15 @@ def render_object_example(rng: random.Random) -> tuple[Image.Image, str, str, Bo
     see colour as well as kind; generic items keep a random colour and an empty colour name.
     """
     w, h = rng.randint(MIN_SIDE, MAX_SIDE), rng.randint(MIN_SIDE, MAX_SIDE)
-    img = _background(rng, w, h)
+    img = background(rng, w, h)
     kind = rng.choice(SHAPES + GENERIC)
     if kind in GENERIC:
-        size, colour_name, colour = (rng.randint(40, 100), rng.randint(32, 80)), "", _colour(rng)
+        size, colour_name, colour = (rng.randint(40, 100), rng.randint(32, 80)), "", random_colour(rng)
     else:
         colour_name = rng.choice(list(COLOURS))
         size, colour = _shape_size(rng, kind, True), jitter(rng, COLOURS[colour_name], 12)
-    box = _place(rng, w, h, *size, [])
-    drawn = _draw_item(rng, img, kind, box, colour)
+    box = place(rng, w, h, *size, [])
+    drawn = draw_item(rng, img, kind, box, colour)
     if drawn is None:  # text clipped away entirely: draw another scene
         return render_object_example(rng)
     return img, kind, colour_name, drawn

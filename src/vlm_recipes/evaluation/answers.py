@@ -1,5 +1,7 @@
-"""Scoring generated answers: detection IoU/AP when every reference is a box (r1-r4, and diffusion
-on detection data), else exact match of the text (diffusion on a `messages` dataset).
+"""Scoring generated answers: detection IoU/AP when every reference is one box (r1-r4, and diffusion
+on detection data), set metrics (Hungarian-matched F1, mAP, Acc@0.5, negatives) when references are
+sets of boxes, referring expressions or empty, else exact match of the text (a `messages` dataset
+whose answers are not boxes).
 
 The evaluator does not know how answers are produced: the objective hands it a `generate`
 function (greedy decoding for SFT, iterative unmasking for MDLM), so both share one scorer.
@@ -11,10 +13,11 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
-from ..data.detection import DetectionSample
+from ..boxes import is_empty_answer
+from ..data.detection import GroundingSample
 from ..models.distributed import map_sharded
-from .detection import detection_metrics
-from .generation import answer_boxes, first_box
+from .detection import detection_metrics, set_metrics
+from .generation import answer_boxes
 from .plots import plot_box_grid
 from .result import EvalResult, stages_line
 from .thumbnails import save_detection_images
@@ -39,14 +42,16 @@ class AnswerEvaluator:
         return score_answers(samples, texts, scores, self.family, self.processor)
 
     def summary(self, metrics: dict, finetuned: EvalResult) -> str:
-        if "mean_iou" not in metrics["finetuned"]:
-            return text_summary(metrics)
-        return detection_summary(metrics)
+        if "mean_iou" in metrics["finetuned"]:
+            return detection_summary(metrics)
+        if "f1" in metrics["finetuned"]:
+            return set_summary(metrics)
+        return text_summary(metrics)
 
     def write_report(self, run_dir: Path, metrics: dict, base: EvalResult, finetuned: EvalResult,
                      samples: list) -> None:
         summary = self.summary(metrics, finetuned)
-        if "mean_iou" not in metrics["finetuned"]:
+        if "exact_match" in metrics["finetuned"]:
             (run_dir / "results.md").write_text(f"{summary}\n\n![training loss](loss.png)\n")
             return
         (run_dir / "results.md").write_text(f"{summary}\n\n![training loss](loss.png)\n\n"
@@ -58,29 +63,37 @@ class AnswerEvaluator:
         save_detection_images(run_dir, views)  # report.html's gallery (vlm-recipes report rebuilds it)
 
 
-def detection_view(sample, family, processor) -> DetectionSample | None:
-    """The sample as a detection target: itself, or the first box of its reference answer."""
-    if isinstance(sample, DetectionSample):
+def detection_view(sample, family, processor) -> GroundingSample | None:
+    """The sample as a grounding target: itself, or a conversation's image with every box of its
+    reference answer (none: the family's empty answer); None when the reference is other text."""
+    if isinstance(sample, GroundingSample):
         return sample
     if not sample.images:
         return None
     image = sample.images[0]
-    box = first_box(sample.answer, *image.size, family, processor)
-    return DetectionSample(image, box, *image.size, sample.image_id) if box else None
+    objects = tuple(answer_boxes(sample.answer, *image.size, family, processor))
+    if not objects and not is_empty_answer(sample.answer, family):
+        return None
+    label = objects[0][0] if objects else ""
+    return GroundingSample(image, objects, *image.size, sample.image_id, prompt="", label=label)
 
 
 def score_answers(samples: list, texts: list[str], scores: list[float], family, processor) -> EvalResult:
+    """Today's single-box metrics when every sample is one object asked by category; set metrics when
+    the references are boxes of another shape; exact match otherwise."""
     views = [detection_view(s, family, processor) for s in samples]
     if all(v is not None for v in views):
-        found = [answer_boxes(text, view.width, view.height, family, processor)[:1] for view, text in zip(views, texts)]
-        boxes, labels = [f[0][1] if f else None for f in found], [f[0][0] if f else None for f in found]
-        return detection_result(views, boxes, texts, scores, labels)
+        found = [answer_boxes(text, v.width, v.height, family, processor) for v, text in zip(views, texts)]
+        if all(v.single_box for v in views):  # the first box, and the label it was given (report: wrong label)
+            boxes, labels = [f[0][1] if f else None for f in found], [f[0][0] if f else None for f in found]
+            return detection_result(views, boxes, texts, scores, labels)
+        return set_result(views, found, texts, scores)
     hits = [text.strip() == s.answer.strip() for s, text in zip(samples, texts)]
     return EvalResult({"exact_match": statistics.fmean(hits), "n": len(hits)},
                       [{"image_id": s.image_id, "target": s.answer, "text": t} for s, t in zip(samples, texts)])
 
 
-def detection_result(samples: list[DetectionSample], boxes: list, texts: list[str],
+def detection_result(samples: list[GroundingSample], boxes: list, texts: list[str],
                      scores: list[float] | None = None, labels: list[str | None] | None = None) -> EvalResult:
     """Detection metrics and per-image predictions; `scores` rank detections for AP (default 1);
     `labels`: the label the answer gave its box (the report's "wrong label"), if known."""
@@ -91,6 +104,47 @@ def detection_result(samples: list[DetectionSample], boxes: list, texts: list[st
                     "predicted_label": label, "text": t, "score": round(c, 4)}
                    for s, b, t, c, label in zip(samples, boxes, texts, scores, labels)]
     return EvalResult(metrics, predictions)
+
+
+def set_result(samples: list[GroundingSample], answers: list[list], texts: list[str],
+               scores: list[float] | None = None) -> EvalResult:
+    """Set metrics and per-image predictions: every true and every predicted (label, box)."""
+    scores = scores or [1.0] * len(samples)
+    metrics = set_metrics([[box for _, box in a] for a in answers], [s.boxes for s in samples],
+                          [s.label for s in samples], [s.task for s in samples], scores)
+    predictions = [{"image_id": s.image_id, "prompt": s.prompt, "task": s.task,
+                    "target": [[label, list(box)] for label, box in s.objects],
+                    "predicted": [[label, list(box)] for label, box in a], "text": t, "score": round(c, 4)}
+                   for s, a, t, c in zip(samples, answers, texts, scores)]
+    return EvalResult(metrics, predictions)
+
+
+SET_COLUMNS = [("precision", "P@0.5"), ("recall", "R@0.5"), ("f1", "F1@0.5"), ("matched_iou", "matched IoU"),
+               ("count_error", "count error"), ("map", "mAP"), ("map50", "mAP50"), ("acc50", "Acc@0.5"),
+               ("negative_empty", "empty on negatives"), ("negative_fp", "FP / negative")]
+"""The set table's columns; Acc@0.5 and the negatives' only when the data has such images."""
+
+
+def set_table(rows: list[tuple[str, dict]]) -> str:
+    columns = [(k, t) for k, t in SET_COLUMNS if all(k in m for _, m in rows)]
+    lines = ["| model | " + " | ".join(t for _, t in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    lines += [f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k, _ in columns) + " |" for name, m in rows]
+    return "\n".join(lines)
+
+
+def set_summary(metrics: dict) -> str:
+    """Base against each stage on sets of boxes, and AP per category."""
+    by_stage = metrics.get("by_stage") or {"": metrics["finetuned"]}
+    rows = stage_rows(metrics["recipe"], metrics["base"], by_stage)
+    tuned = metrics["finetuned"]
+    gain = tuned["f1"] - metrics["base"]["f1"]
+    per_category = "\n".join(f"| {name} | {m['ap']:.3f} | {m['ap50']:.3f} |"
+                              for name, m in sorted(tuned.get("per_category", {}).items()))
+    return (f"# {metrics['recipe']}: base vs fine-tuned\n\n{set_table(rows)}\n\n"
+            f"F1@0.5 gain: {gain:+.3f} on {tuned['n']} test images ({tuned['n_negative']} without the asked "
+            f"object, {tuned['n_refer']} referring expressions). Base model: `{metrics['base_model']}` "
+            f"({metrics['family']}). Stages: {stages_line(metrics)}.\n\n"
+            f"AP per category (fine-tuned):\n\n| category | AP | AP50 |\n|---|---|---|\n{per_category}")
 
 
 def detection_table(rows: list[tuple[str, dict]]) -> str:

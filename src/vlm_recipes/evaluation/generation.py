@@ -69,14 +69,16 @@ def answer_texts(tokenizer, token_ids, stop_ids: list[int] | None = None) -> lis
             for text in tokenizer.batch_decode(cut, skip_special_tokens=False)]
 
 
-def generate_answers(model, processor, images: list, prompt: str, batch_size: int, max_new_tokens: int,
+def generate_answers(model, processor, images: list, prompts: str | list[str], batch_size: int, max_new_tokens: int,
                      desc: str = "evaluating") -> tuple[list[str], list[float]]:
-    """(raw answer, confidence) per image, `batch_size` images per generate call."""
+    """(raw answer, confidence) per image, `batch_size` images per generate call; `prompts`: one
+    question for every image, or one per image."""
+    prompts = [prompts] * len(images) if isinstance(prompts, str) else prompts
     texts, scores = [], []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch"):
         chunk = images[start:start + batch_size]
-        answers, confidences = generate_texts_with_confidence(model, processor, chunk, [prompt] * len(chunk),
-                                                              max_new_tokens)
+        answers, confidences = generate_texts_with_confidence(model, processor, chunk,
+                                                              prompts[start:start + batch_size], max_new_tokens)
         texts += answers
         scores += confidences
     return texts, scores
@@ -96,7 +98,7 @@ def first_box(text: str, width: int, height: int, family, processor):
     return found[0][1] if found else None
 
 
-def predict_boxes(model, processor, family, samples, prompt: str, batch_size: int, max_new_tokens: int,
+def predict_boxes(model, processor, family, samples, prompt: str | list[str], batch_size: int, max_new_tokens: int,
                   desc: str = "evaluating") -> tuple[list, list[str], list[float]]:
     """(first parsed box or None, raw answer, confidence) per sample (anything with .image)."""
     texts, scores = generate_answers(model, processor, [s.image for s in samples], prompt, batch_size,

@@ -1,7 +1,8 @@
 """One leaderboard from any set of run directories: markdown, CSV and a bar chart.
 
 Detection runs (sft, mdlm: metrics with "mean_iou") give one row per fine-tuned run plus the
-base rows, sorted by mean IoU. Retrieval runs (mrl: metrics with "dims") get their own table,
+base rows, sorted by mean IoU. Grounding runs on sets of boxes (metrics with "f1": several objects,
+referring expressions, negatives) get their own table, sorted by F1@0.5. Retrieval runs (mrl: metrics with "dims") get their own table,
 sorted by text->image (text->video for video runs) Recall@1 at the full dim. A run that is
 missing, unfinished, failed or unreadable is listed under "not in the tables" with the reason, never dropped silently.
 
@@ -27,6 +28,13 @@ DETECTION_COLUMNS = [  # (key, title)
     ("trainable_params", "trainable params"),
 ]
 """`shifted_mean_iou`: mean IoU on the out-of-domain split (data.num_shifted); shown when a run has one."""
+GROUNDING_COLUMNS = [
+    ("model", "model"), ("recipe", "recipe"), ("f1", "F1@0.5"), ("precision", "P@0.5"), ("recall", "R@0.5"),
+    ("matched_iou", "matched IoU"), ("count_error", "count error"), ("map", "mAP"), ("map50", "mAP50"),
+    ("acc50", "Acc@0.5"), ("negative_empty", "empty on negatives"), ("negative_fp", "FP / negative"),
+    ("train_seconds", "train time (s)"), ("trainable_params", "trainable params"),
+]
+"""Acc@0.5 and the negatives' columns are shown when some run has referring expressions / negatives."""
 
 
 @dataclass
@@ -45,6 +53,7 @@ class Run:
 @dataclass
 class Leaderboard:
     detection: list[dict] = field(default_factory=list)
+    grounding: list[dict] = field(default_factory=list)
     retrieval: list[dict] = field(default_factory=list)
     retrieval_columns: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -90,7 +99,7 @@ def read_run(path: Path) -> Run:
 
 def build_leaderboard(runs: list[Run]) -> Leaderboard:
     board = Leaderboard()
-    detection, retrieval = [], []
+    detection, grounding, retrieval = [], [], []
     for run in runs:
         why = _why_skipped(run)
         if why:
@@ -99,10 +108,13 @@ def build_leaderboard(runs: list[Run]) -> Leaderboard:
             retrieval.append(run)
         elif "mean_iou" in run.metrics.get("finetuned", {}):
             detection.append(run)
+        elif "f1" in run.metrics.get("finetuned", {}):
+            grounding.append(run)
         else:
             board.skipped.append((str(run.path), "metrics of an unknown kind (finetuned keys: "
                                   f"{', '.join(sorted(run.metrics.get('finetuned', {}))) or 'none'})"))
     board.detection = _detection_rows(detection)
+    board.grounding = _grounding_rows(grounding)
     board.retrieval, board.retrieval_columns = _retrieval_rows(retrieval)
     return board
 
@@ -165,6 +177,26 @@ def _detection_rows(runs: list[Run]) -> list[dict]:
     return sorted(rows, key=lambda r: (-(r["mean_iou"] or 0.0), r["model"]))
 
 
+def _grounding_rows(runs: list[Run]) -> list[dict]:
+    def row_of(run: Run, name: str, base: bool = False) -> dict:
+        m = run.metrics
+        values = m["base"] if base else m["finetuned"]
+        row = {"model": name, "recipe": "" if base else m.get("recipe", ""), "run": "" if base else str(run.path)}
+        row.update({key: values.get(key) for key, _ in GROUNDING_COLUMNS[2:-2]})
+        row["train_seconds"] = None if base else m.get("train_seconds")
+        row["trainable_params"] = None if base else m.get("trainable_params")
+        return row
+
+    rows = _base_rows(runs, row_of) + [row_of(run, run.name) for run in runs]
+    return sorted(rows, key=lambda r: (-(r["f1"] or 0.0), r["model"]))
+
+
+def grounding_columns(board: Leaderboard) -> list[tuple[str, str]]:
+    """The grounding table's columns, without those no row has a value for."""
+    return [c for c in GROUNDING_COLUMNS if c[0] in ("model", "recipe")
+            or any(row.get(c[0]) is not None for row in board.grounding)]
+
+
 def _retrieval_rows(runs: list[Run]) -> tuple[list[dict], list[tuple[str, str]]]:
     """One row per model. The columns keep their "t2i"/"i2t" keys for text -> target and back; their
     titles say t2v/v2t when every run retrieved videos (a video gallery's metrics are named so)."""
@@ -220,10 +252,13 @@ def to_markdown(board: Leaderboard) -> str:
     parts = []
     if board.detection:
         parts.append("## Detection (sorted by mean IoU)\n\n" + markdown_table(board.detection, detection_columns(board)))
+    if board.grounding:
+        parts.append("## Grounding: sets of boxes (sorted by F1@0.5)\n\n"
+                     + markdown_table(board.grounding, grounding_columns(board)))
     if board.retrieval:
         parts.append("## Retrieval (sorted by text->image or text->video Recall@1 at the full dim)\n\n"
                      + markdown_table(board.retrieval, board.retrieval_columns))
-    if not board.detection and not board.retrieval:
+    if not board.detection and not board.retrieval and not board.grounding:
         parts.append("No complete run to compare.")
     if board.skipped:
         parts.append("## Runs not in the tables\n\n" + "\n".join(f"- `{path}`: {why}" for path, why in board.skipped))

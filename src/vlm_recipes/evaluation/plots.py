@@ -51,22 +51,28 @@ def plot_validation(rows: list[dict], best: dict, path: Path, title: str = "") -
 
 
 REWARD_CURVES = [("reward", "total reward"), ("rewards/iou_reward/mean", "IoU reward"),
+                 ("rewards/match_reward/mean", "matching reward (sets)"),
                  ("rewards/format_reward/mean", "format reward"), ("watch/parsed", "answers that parse"),
+                 ("watch/boxes_per_answer", "boxes per answer"), ("watch/true_boxes", "true boxes per prompt"),
                  ("watch/area_ratio", "predicted / true box area")]
+
+RIGHT_AXIS = ("watch/area_ratio", "watch/boxes_per_answer", "watch/true_boxes")
+"""Curves that are not rewards in 0-1: ratios and counts, on the right panel."""
 
 
 def plot_rewards(history: list[dict], path: Path, title: str = "") -> None:
     """A GRPO stage's rewards and reward-hacking signals against step: the mean total and per-reward
     rewards, the fraction of answers that parse and the predicted box's area over the true one's
-    (1 = right-sized; a climb means boxes grow to game IoU)."""
+    (1 = right-sized; a climb means boxes grow to game IoU); on sets, boxes per answer against the
+    true count (a policy gaming the matching with spare boxes climbs above it)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     for key, label in REWARD_CURVES:
         points = [(e["step"], e[key]) for e in history if key in e]
         if points:
-            (right if key == "watch/area_ratio" else left).plot(*zip(*points), marker="o", markersize=2, label=label)
+            (right if key in RIGHT_AXIS else left).plot(*zip(*points), marker="o", markersize=2, label=label)
     left.set(xlabel="step", ylabel="mean over the step's answers", title=f"{title} rewards")
     right.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-    right.set(xlabel="step", ylabel="area ratio", title="predicted / true box area")
+    right.set(xlabel="step", ylabel="ratio or count", title="predicted vs true: box area, box count")
     left.legend(fontsize=8)
     right.legend(fontsize=8)
     fig.tight_layout()
@@ -75,8 +81,8 @@ def plot_rewards(history: list[dict], path: Path, title: str = "") -> None:
 
 
 def plot_box_grid(samples, predicted: dict[str, list], path: Path, num: int = 8, columns: int = 4) -> None:
-    """Test images with the true box (green) and each model's prediction (one colour and line style
-    per model), 4 inches a panel, the legend above the panels (never over an image)."""
+    """Test images with the true boxes (green) and each model's predicted boxes (one colour and line
+    style per model), 4 inches a panel, the legend above the panels (never over an image)."""
     styles = [("tab:blue", "--"), ("tab:red", "-"), ("tab:orange", ":")]
     num = min(num, len(samples))
     rows = max(1, -(-num // columns))
@@ -86,10 +92,11 @@ def plot_box_grid(samples, predicted: dict[str, list], path: Path, num: int = 8,
     for ax, index in zip(axes.flat, range(num)):
         sample = samples[index]
         ax.imshow(sample.image)
-        _draw(ax, sample.box, "tab:green", "-")
+        for box in sample.boxes:
+            _draw(ax, box, "tab:green", "-")
         for (colour, style), boxes in zip(styles, predicted.values()):
-            if boxes[index] is not None:
-                _draw(ax, boxes[index], colour, style)
+            for box in _as_boxes(boxes[index]):
+                _draw(ax, box, colour, style)
         ax.set_title(str(sample.image_id), fontsize=10)
     handles = [plt.Line2D([], [], color=c, linestyle=s, linewidth=2.5)
                for c, s in [("tab:green", "-"), *styles[:len(predicted)]]]
@@ -97,6 +104,15 @@ def plot_box_grid(samples, predicted: dict[str, list], path: Path, num: int = 8,
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / (4 * rows + 0.6)))
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _as_boxes(predicted) -> list:
+    """A prediction as a list of boxes: None (no box), one box, or [label, box] pairs (sets)."""
+    if not predicted:
+        return []
+    if isinstance(predicted[0], (int, float)):
+        return [predicted]
+    return [box for _, box in predicted]
 
 
 def _draw(ax, box, colour: str, style: str) -> None:

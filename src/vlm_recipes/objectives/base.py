@@ -15,6 +15,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..config import ObjectiveConfig, RecipeConfig, TrainConfig
+from ..data.index import GroundingIndex
 from ..data.splits import load_splits
 
 
@@ -94,6 +95,8 @@ class Objective:
     def every_step_sees_images(self, samples: list) -> bool:
         """Whether every training step runs the vision tower (so DDP need not look for unused
         parameters): every sample holds an image. Detection rows always do; conversations may not."""
+        if isinstance(samples, GroundingIndex):  # every entry names its image: walking it would decode them all
+            return True
         return all(getattr(s, "image", None) is not None or getattr(s, "images", None) for s in samples)
 
     def evaluator(self):

@@ -80,11 +80,11 @@ def mdlm_loss(logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor,
 # --- samples and batches ---------------------------------------------------------------------------
 
 def as_chat(sample, family, data, processor) -> ChatSample:
-    """Detection rows in message form: one image, `data.prompt`, the family's box answer labelled
-    `data.label` (`data`: the recipe's DataConfig)."""
+    """Grounding rows in message form: one image, the sample's prompt, the family's answer with its
+    objects (`data`: the recipe's DataConfig, whose prompt and label the loader gave the rows)."""
     if isinstance(sample, ChatSample):
         return sample
-    return ChatSample([sample.image], user_messages(data.prompt), answer_for(sample, family, data.label, processor),
+    return ChatSample([sample.image], user_messages(sample.prompt), answer_for(sample, family, None, processor),
                       sample.image_id)
 
 

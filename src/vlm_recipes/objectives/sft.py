@@ -29,9 +29,8 @@ class SFT(Objective):
     compute_loss_func = staticmethod(token_mean_loss)
 
     def collate(self, samples):
-        data = self.recipe.data
-        answers = [answer_for(s, self.family, data.label, self.processor) for s in samples]
-        return encode_for_training(self.processor, [s.image for s in samples], [data.prompt] * len(samples),
+        answers = [answer_for(s, self.family, None, self.processor) for s in samples]
+        return encode_for_training(self.processor, [s.image for s in samples], [s.prompt for s in samples],
                                    answers, loss_on=self.options.loss_on, max_length=self.options.max_length)
 
     def evaluator(self):
@@ -40,7 +39,7 @@ class SFT(Objective):
 
     def generate(self, model, samples, desc):
         evaluation = self.recipe.eval
-        return generate_answers(model, self.processor, [s.image for s in samples], self.recipe.data.prompt,
+        return generate_answers(model, self.processor, [s.image for s in samples], [s.prompt for s in samples],
                                 evaluation.batch_size, evaluation.max_new_tokens, desc)
 
 
