@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vlm_recipes"
 LAYERS = [
-    {"config", "errors"},
+    {"config", "errors", "readers"},
     {"families", "boxes"},
     {"data"},
     {"models"},

@@ -230,7 +230,7 @@ def run_directory(path: Path | None, recipe_name: str, overwrite: bool, resume: 
     by this process, by rank 0 of a torchrun/accelerate job, or by the launcher that started us."""
     claimed = claimed_run_dir()
     if claimed is not None:
-        yield RunDir(claimed, resume)
+        yield RunDir(claimed, resume, replaces=overwrite)  # the launcher checked it is a run
         return
     with ExitStack() as held:
         def claim() -> RunDir:  # the lock is held until the run ends

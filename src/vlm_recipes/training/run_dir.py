@@ -35,18 +35,38 @@ from ..config import RecipeConfig, StageConfig, load_recipe, to_dict
 from ..errors import InputError, TrainingDiverged
 from ..evaluation.result import EvalResult
 from ..models.distributed import is_main_process
+from ..readers import check_safetensors
+from ..readers import read_json as read_json_strictly
 from .preemption import Interrupted
 
 LOCK_FILE, STATUS_FILE, BASE_EVAL_FILE, PROGRESS_FILE, RUN_INFO_FILE = (
     "run.lock", "status.json", "base_eval.json", "progress.json", "run_info.json")
+RUN_MARKERS = (STATUS_FILE, "config.yaml", RUN_INFO_FILE)
+"""A directory holding one of these (written first by every run) is a run of this project."""
+RUN_FOLDERS = {"model", "stages", "trainer", "wandb"}
+RUN_SUFFIXES = {".json", ".png", ".md", ".yaml", ".lock", ".tmp"}
+"""What a run writes at its top level; anything else in a directory means it is not only a run."""
+REPAIR = "repair or delete that file, or start a new run in another --output-dir"
 
 
 class RunDir:
     """`path` as one run's directory; `resume`: the run already there goes on (its finished base
     evaluation and stages are read back, its first start's facts kept)."""
 
-    def __init__(self, path: Path, resume: bool = False):
-        self.path, self.resume = Path(path), resume
+    def __init__(self, path: Path, resume: bool = False, replaces: bool = False):
+        self.path, self.resume, self.replaces = Path(path), resume, replaces
+        """`replaces`: an earlier run is there (--overwrite), deleted by `clear_earlier` once the
+        new run's inputs (recipe, data, model) have all passed their checks."""
+
+    def clear_earlier(self) -> None:
+        """Delete the earlier run --overwrite replaces (never the lock), main process only. Called
+        only after the recipe, the data and the model have opened: bad input leaves it untouched."""
+        if not self.replaces or not is_main_process() or not self.path.is_dir():
+            return
+        for item in self.path.iterdir():
+            if item.name != LOCK_FILE:
+                shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        self.replaces = False
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -143,8 +163,8 @@ class RunDir:
         try:
             if note:
                 print(note, file=sys.stderr)
-            clear_for_run(path, overwrite, resume)
-            yield cls(path, resume)
+            replaces = check_for_run(path, overwrite, resume)
+            yield cls(path, resume, replaces)
         finally:
             release_lock(path)
             if created and path.is_dir() and not any(path.iterdir()):
@@ -169,21 +189,71 @@ def run_facts(recipe: RecipeConfig, device: str, command: str, family: str, base
             "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
 
 
-def clear_for_run(path: Path, overwrite: bool, resume: bool) -> None:
-    """Under the lock: a resume needs an unfinished run there; a new run needs the directory empty,
-    or --overwrite, which deletes what is there (never a directory another process holds)."""
+def check_for_run(path: Path, overwrite: bool, resume: bool) -> bool:
+    """Under the lock, deleting nothing: a resume needs an unfinished run there whose files all read;
+    a new run needs the directory empty, or --overwrite and a run of this project there (returns
+    True: `RunDir.clear_earlier` deletes it once the new run's inputs are checked)."""
     earlier = [p for p in path.iterdir() if p.name != LOCK_FILE]
     if resume:
-        state = read_json(path / STATUS_FILE, {}).get("state")
-        if state is None or not (path / "config.yaml").is_file():
-            raise InputError(f"--resume {path}: not a run directory (no status.json and config.yaml): nothing to resume")
-        if state == "complete":
-            raise InputError(f"--resume {path}: the run is already complete")
-        return
-    if earlier and not overwrite:
+        check_resumable(path)
+        return False
+    if not earlier:
+        return False
+    if not overwrite:
         raise InputError(f"--output-dir {path} already holds files; pass --overwrite, --resume, or another directory")
-    for item in earlier:
-        shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+    names = {p.name for p in earlier}
+    if not names & set(RUN_MARKERS):
+        raise InputError(f"--overwrite {path}: not a run directory (no {', '.join(RUN_MARKERS)}), so it is "
+                         "not deleted: pick another --output-dir, or empty it yourself")
+    foreign = sorted(p.name for p in earlier if not _is_run_entry(p))
+    if foreign:
+        raise InputError(f"--overwrite {path}: holds {foreign[0]!r}, which a run does not write, so it is not "
+                         "deleted: move that out, or pick another --output-dir")
+    return True
+
+
+def _is_run_entry(item: Path) -> bool:
+    if item.is_dir() and not item.is_symlink():
+        return item.name in RUN_FOLDERS
+    return item.suffix in RUN_SUFFIXES
+
+
+def check_resumable(path: Path) -> None:
+    """Every file a resume reads, read now (before any model loads): status.json, config.yaml,
+    run_info.json, base_eval.json, progress.json, and the checkpoints' state and weight headers.
+    Any corruption is one line naming the file."""
+    status = path / STATUS_FILE
+    if not status.is_file() and not (path / "config.yaml").is_file():
+        raise InputError(f"--resume {path}: not a run directory (no status.json, no config.yaml): nothing to resume")
+    if not status.is_file():
+        raise InputError(f"--resume {path}: {status} is missing (the run never started): start it again with "
+                         "--overwrite")
+    state = read_json_strictly(status, dict, REPAIR, keys={"state": str}).get("state")
+    if state is None:
+        raise InputError(f"{status}: has no 'state': {REPAIR}")
+    if state == "complete":
+        raise InputError(f"--resume {path}: the run is already complete")
+    read_json_strictly(path / RUN_INFO_FILE, dict, REPAIR, default=None, keys={"command": str, "resumed": list})
+    base = read_json_strictly(path / BASE_EVAL_FILE, dict, REPAIR, default=None,
+                              keys={"metrics": dict, "predictions": list, "notes": dict, "shifted": (dict, type(None))})
+    if base is not None and ("metrics" not in base or set(base) - {"metrics", "predictions", "notes", "shifted"}):
+        raise InputError(f"{path / BASE_EVAL_FILE}: not a base evaluation (keys {sorted(base)}): {REPAIR}")
+    stages = read_json_strictly(path / PROGRESS_FILE, list, REPAIR, default=[])
+    if any(not isinstance(stage, dict) for stage in stages):
+        raise InputError(f"{path / PROGRESS_FILE}: every entry must be a stage's object {{...}}: {REPAIR}")
+    for checkpoint in sorted((path / "trainer").glob("*/checkpoint-*")):
+        check_checkpoint(checkpoint)
+
+
+def check_checkpoint(checkpoint: Path) -> None:
+    """A Trainer checkpoint a resume may continue from: its trainer_state.json and weights' headers."""
+    fix = f"delete {checkpoint} to resume from the one before it (or from the stage's start)"
+    read_json_strictly(checkpoint / "trainer_state.json", dict, fix, default=None,
+                       keys={"global_step": int, "log_history": list})
+    for name in ("adapter_config.json", "config.json"):
+        read_json_strictly(checkpoint / name, dict, fix, default=None)
+    for weights in sorted(checkpoint.glob("*.safetensors")):
+        check_safetensors(weights, fix)
 
 
 def acquire_lock(run_dir: Path) -> str | None:

@@ -1,0 +1,112 @@
+"""One reader per kind of file a command reads (JSON, UTF-8 text, safetensors headers), each turning
+any corruption into an InputError: one line naming the file, what is wrong with it and what to do.
+A missing file is the caller's case (`default`), a present but unreadable one never is: an empty,
+binary, truncated or mistyped file is not silently taken for an absent one.
+
+Layer 0 with errors.py: it imports nothing else of the package, so every layer can read through it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from .errors import InputError
+
+MISSING = object()
+"""`default` for a file that must exist."""
+
+JSON_TYPES = {dict: "an object {...}", list: "a list [...]", str: "a string", int: "an integer",
+              float: "a number", bool: "true or false"}
+
+
+def read_text(path: Path, fix: str = "", default=MISSING) -> str:
+    """The text of `path`, which must be UTF-8 (`default` when it does not exist, if given)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if default is not MISSING:
+            return default
+        raise InputError(f"{path}: no such file{_then(fix)}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a directory, not a file{_then(fix)}") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot be read ({err.strerror or err}){_then(fix)}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 text (byte {err.start}: {data[err.start:err.start + 1]!r}); "
+                         f"save it as UTF-8{_then(fix)}") from None
+
+
+def read_json(path: Path, kind: type = dict, fix: str = "", default=MISSING, keys: dict | None = None):
+    """The JSON value in `path`, which must be of `kind` (dict, list, ...); with `keys`, a dict's
+    keys that must have a type ({"state": str}; a tuple of types allowed) when present.
+    `default` when the file does not exist, if given; any other problem is an InputError."""
+    path = Path(path)
+    text = read_text(path, fix, default)
+    if text is default and not path.exists():
+        return default
+    if not text.strip():
+        raise InputError(f"{path}: empty file (expected JSON {JSON_TYPES.get(kind, kind.__name__)}){_then(fix)}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}; "
+                         f"truncated or corrupt){_then(fix)}") from None
+    if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+        raise InputError(f"{path}: expected JSON {JSON_TYPES.get(kind, kind.__name__)}, found "
+                         f"{_json_type(value)}{_then(fix)}")
+    for key, types in (keys or {}).items():
+        if key in value and not isinstance(value[key], types):
+            raise InputError(f"{path}: {key!r} is {_json_type(value[key])}, expected "
+                             f"{_names(types)}{_then(fix)}")
+    return value
+
+
+def check_safetensors(path: Path, fix: str = "") -> dict:
+    """The header of the safetensors file `path` (tensor name -> dtype, shape, offsets), checked
+    against the file's size without reading the weights."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            length = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            if length is None or length > size - 8:
+                raise InputError(f"{path}: not a safetensors file (header cut short; {size} bytes): "
+                                 f"truncated or corrupt{_then(fix)}")
+            header = f.read(length)
+    except OSError as err:
+        raise InputError(f"{path}: cannot be read ({err.strerror or err}){_then(fix)}") from None
+    try:
+        value = json.loads(header.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError(f"{path}: not a safetensors file (its header is not JSON): corrupt{_then(fix)}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: not a safetensors file (header is {_json_type(value)}){_then(fix)}")
+    ends = [v.get("data_offsets", [0, 0])[1] for k, v in value.items() if k != "__metadata__" and isinstance(v, dict)]
+    if ends and max(ends) > size - 8 - length:
+        raise InputError(f"{path}: truncated ({size} bytes, its header describes {max(ends) + 8 + length})"
+                         f"{_then(fix)}")
+    return value
+
+
+def _then(fix: str) -> str:
+    return f": {fix}" if fix else ""
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    for kind in (bool, dict, list, str, int, float):
+        if isinstance(value, kind):
+            return JSON_TYPES[kind]
+    return type(value).__name__
+
+
+def _names(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join(JSON_TYPES.get(t, "null" if t is type(None) else t.__name__) for t in types)
