@@ -69,13 +69,14 @@ def test_no_module_imports_from_a_layer_above_it(path):
 
 
 def test_config_imports_nothing_else_of_the_package():
-    """Only its own modules and errors (the one module below it)."""
+    """Only its own modules, errors and readers (the modules below it)."""
     code = ("import sys, vlm_recipes.config; "
             "print(sorted(m for m in sys.modules if m.startswith('vlm_recipes')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(["vlm_recipes", "vlm_recipes.config", "vlm_recipes.config.loading",
                                "vlm_recipes.config.options", "vlm_recipes.config.recipes",
-                               "vlm_recipes.config.schema", "vlm_recipes.errors"])
+                               "vlm_recipes.config.schema", "vlm_recipes.errors",
+                               "vlm_recipes.readers"])
 
 
 def test_the_layer_check_sees_relative_and_lazy_imports(tmp_path):

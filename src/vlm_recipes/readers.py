@@ -37,14 +37,16 @@ def read_text(path: Path, fix: str = "", default=MISSING) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise InputError(f"{path}: not UTF-8 text (byte {err.start}: {data[err.start:err.start + 1]!r}); "
-                         f"save it as UTF-8{_then(fix)}") from None
+        raise InputError(f"{path}: not UTF-8 text (byte {err.start}: {data[err.start:err.start + 1]!r})"
+                         f"{_then(fix or 'save it as UTF-8')}") from None
 
 
-def read_json(path: Path, kind: type = dict, fix: str = "", default=MISSING, keys: dict | None = None):
+def read_json(path: Path, kind: type = dict, fix: str = "", default=MISSING, keys: dict | None = None,
+              required: dict | None = None):
     """The JSON value in `path`, which must be of `kind` (dict, list, ...); with `keys`, a dict's
-    keys that must have a type ({"state": str}; a tuple of types allowed) when present.
-    `default` when the file does not exist, if given; any other problem is an InputError."""
+    keys that must have a type ({"state": str}; a tuple of types allowed) when present; with
+    `required`, keys that must be there, of their type. `default` when the file does not exist,
+    if given; any other problem is an InputError."""
     path = Path(path)
     text = read_text(path, fix, default)
     if text is default and not path.exists():
@@ -59,7 +61,10 @@ def read_json(path: Path, kind: type = dict, fix: str = "", default=MISSING, key
     if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
         raise InputError(f"{path}: expected JSON {JSON_TYPES.get(kind, kind.__name__)}, found "
                          f"{_json_type(value)}{_then(fix)}")
-    for key, types in (keys or {}).items():
+    for key in required or {}:
+        if key not in value:
+            raise InputError(f"{path}: needs a {key} (its keys: {_keys(value)}){_then(fix)}")
+    for key, types in {**(keys or {}), **(required or {})}.items():
         if key in value and not isinstance(value[key], types):
             raise InputError(f"{path}: {key!r} is {_json_type(value[key])}, expected "
                              f"{_names(types)}{_then(fix)}")
@@ -87,11 +92,41 @@ def check_safetensors(path: Path, fix: str = "") -> dict:
         raise InputError(f"{path}: not a safetensors file (its header is not JSON): corrupt{_then(fix)}") from None
     if not isinstance(value, dict):
         raise InputError(f"{path}: not a safetensors file (header is {_json_type(value)}){_then(fix)}")
-    ends = [v.get("data_offsets", [0, 0])[1] for k, v in value.items() if k != "__metadata__" and isinstance(v, dict)]
+    tensors = {k: v for k, v in value.items() if k != "__metadata__"}
+    bad = next((k for k, v in tensors.items() if not _is_tensor_entry(v)), None)
+    if bad is not None:
+        raise InputError(f"{path}: header entry {bad!r} is not a tensor (dtype, shape, data_offsets): "
+                         f"corrupt{_then(fix)}")
+    ends = [v["data_offsets"][1] for v in tensors.values()]
     if ends and max(ends) > size - 8 - length:
         raise InputError(f"{path}: truncated ({size} bytes, its header describes {max(ends) + 8 + length})"
                          f"{_then(fix)}")
     return value
+
+
+def check_torch_file(path: Path, fix: str = "") -> None:
+    """A file written by torch.save (a zip archive: optimizer.pt, scheduler.pt, rng_state.pth,
+    training_args.bin), checked whole (CRCs) without unpickling it."""
+    import zipfile
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        broken = "its archive"
+    if broken is not None:
+        raise InputError(f"{path}: not a readable torch file ({broken} is damaged or cut short){_then(fix)}")
+
+
+def _is_tensor_entry(entry) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and isinstance(entry.get("shape"), list)
+            and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in entry["data_offsets"]))
+
+
+def _keys(value: dict) -> str:
+    return ", ".join(map(repr, list(value)[:5])) + (", ..." if len(value) > 5 else "") if value else "no keys"
 
 
 def _then(fix: str) -> str:

@@ -35,6 +35,8 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RecipeConfig:
             raise InputError(f"unknown recipe {name_or_path!r}: choose one of {', '.join(recipes)} "
                              "(or pass a path to a recipe .yaml)")
         path = recipes[name_or_path]
+    if path.is_dir():
+        raise InputError(f"recipe {path} is a directory: pass a recipe .yaml file in it, or a name from --list")
     if not path.is_file():
         raise InputError(f"recipe file {path} does not exist")
     raw = read_yaml_mapping(path)
@@ -46,3 +48,13 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RecipeConfig:
 def apply_override(raw: dict, item: str) -> None:
     """`a.b.c=value` sets raw[a][b][c]; a stage key without `stages.N.` applies to every stage."""
     loading.apply_override(raw, item, STAGE_KEYS)
+
+
+def load_saved_recipe(path: Path, fix: str = "repair it from the recipe it was trained with") -> RecipeConfig:
+    """A run's config.yaml (or an export's recipe.yaml): the recipe as it was trained. Any problem
+    with it is one line naming the file."""
+    try:
+        return load_recipe(str(path))
+    except InputError as err:
+        message = str(err)
+        raise InputError(message if str(path) in message else f"{path}: {message}: {fix}") from None

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
-from ..config import ModelConfig, QuantizationConfig, from_dict
+from ..config import ModelConfig, QuantizationConfig, load_saved_recipe
 from ..errors import InputError
 from .loading import load_model, load_processor, peft_quietly
 
@@ -58,7 +57,7 @@ def adapter_dir_of(path: str | Path) -> tuple[Path, ModelConfig]:
     model_cfg = ModelConfig()
     config = path.parent / "config.yaml"
     if config.is_file():
-        model_cfg = from_dict(ModelConfig, (yaml.safe_load(config.read_text()) or {}).get("model"), "model")
+        model_cfg = load_saved_recipe(config).model
     return path, model_cfg
 
 

@@ -31,11 +31,12 @@ from typing import Iterator
 
 import yaml
 
-from ..config import RecipeConfig, StageConfig, load_recipe, to_dict
+from ..config import RecipeConfig, StageConfig, load_saved_recipe, to_dict
 from ..errors import InputError, TrainingDiverged
 from ..evaluation.result import EvalResult
 from ..models.distributed import is_main_process
-from ..readers import check_safetensors
+from ..models.loading import MODEL_FILE_KEYS
+from ..readers import check_safetensors, check_torch_file
 from ..readers import read_json as read_json_strictly
 from .preemption import Interrupted
 
@@ -175,7 +176,7 @@ def resumed_recipe(path: Path) -> RecipeConfig:
     """The recipe of the run in `path`, as it was trained (its config.yaml)."""
     if not (path / "config.yaml").is_file():
         raise InputError(f"--resume {path}: not a run directory (no config.yaml): nothing to resume")
-    return load_recipe(str(path / "config.yaml"))
+    return load_saved_recipe(path / "config.yaml", REPAIR)
 
 
 def run_facts(recipe: RecipeConfig, device: str, command: str, family: str, base_path: str) -> dict:
@@ -233,7 +234,8 @@ def check_resumable(path: Path) -> None:
         raise InputError(f"{status}: has no 'state': {REPAIR}")
     if state == "complete":
         raise InputError(f"--resume {path}: the run is already complete")
-    read_json_strictly(path / RUN_INFO_FILE, dict, REPAIR, default=None, keys={"command": str, "resumed": list})
+    read_json_strictly(path / RUN_INFO_FILE, dict, REPAIR, default=None, required={"command": str},
+                       keys={"resumed": list})
     base = read_json_strictly(path / BASE_EVAL_FILE, dict, REPAIR, default=None,
                               keys={"metrics": dict, "predictions": list, "notes": dict, "shifted": (dict, type(None))})
     if base is not None and ("metrics" not in base or set(base) - {"metrics", "predictions", "notes", "shifted"}):
@@ -249,11 +251,13 @@ def check_checkpoint(checkpoint: Path) -> None:
     """A Trainer checkpoint a resume may continue from: its trainer_state.json and weights' headers."""
     fix = f"delete {checkpoint} to resume from the one before it (or from the stage's start)"
     read_json_strictly(checkpoint / "trainer_state.json", dict, fix, default=None,
-                       keys={"global_step": int, "log_history": list})
+                       required={"global_step": int, "log_history": list})
     for name in ("adapter_config.json", "config.json"):
-        read_json_strictly(checkpoint / name, dict, fix, default=None)
+        read_json_strictly(checkpoint / name, dict, fix, default=None, required=MODEL_FILE_KEYS[name])
     for weights in sorted(checkpoint.glob("*.safetensors")):
         check_safetensors(weights, fix)
+    for state in sorted(p for p in checkpoint.iterdir() if p.suffix in (".pt", ".pth", ".bin")):
+        check_torch_file(state, fix)
 
 
 def acquire_lock(run_dir: Path) -> str | None:
