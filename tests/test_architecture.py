@@ -1,6 +1,6 @@
 """The layer order of refactor_documentation/ARCHITECTURE.md, checked on the source: a module may
 import from its own layer or the layers below it, never above (lazy imports inside functions
-count too). And config, the bottom layer, imports nothing else of the package but errors."""
+count too). And config, the bottom layer, imports nothing else of the package but errors and readers."""
 
 from __future__ import annotations
 

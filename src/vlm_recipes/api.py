@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import yaml
 
-from .boxes import xyxy_to_openfoodfacts
+from .boxes import reported_box, xyxy_to_openfoodfacts
 from .config import ModelConfig, QuantizationConfig, RecipeConfig, from_dict, load_recipe, to_dict
 from .data.chat import user_messages
 from .data.messages import ChatSample
@@ -211,8 +211,8 @@ def _unlabelled(objective, pictures, paths, prompt: str) -> list:
 
 
 def _prediction(path: Path, image, text: str, score: float, label: str, located: _Located) -> dict:
-    box = first_box(text, *image.size, located.family, located.processor)
-    return {"image": str(path), "box": list(box) if box else None,
+    box = reported_box(first_box(text, *image.size, located.family, located.processor))  # as predictions.json
+    return {"image": str(path), "box": box,
             "box_normalized_off": list(xyxy_to_openfoodfacts(box, *image.size)) if box else None,
             "label": label if box else None, "confidence": round(score, 4), "answer": text}
 

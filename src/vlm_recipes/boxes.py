@@ -181,3 +181,13 @@ def parse_answer(text: str, width: int, height: int, family: Family,
         found = next((f for f in map(_json_items, _json_values(text)) if f), [])
     return [(label, _from_model(coords, width, height, family, resized))
             for label, coords in found]
+
+
+REPORTED_DECIMALS = 1
+"""Box coordinates as predictions are reported (predictions.json, `predict`): a tenth of a pixel.
+Finer digits are float noise of the coordinate conversion, not information a pixel carries; the
+metrics are computed on the unrounded boxes."""
+
+
+def reported_box(box) -> list[float] | None:
+    return [round(float(v), REPORTED_DECIMALS) for v in box] if box else None

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
+from ..boxes import reported_box
 from ..data.detection import DetectionSample
 from ..models.distributed import map_sharded
 from .detection import detection_metrics
@@ -82,7 +83,7 @@ def detection_result(samples: list[DetectionSample], boxes: list, texts: list[st
     """Detection metrics and per-image predictions; `scores` rank detections for AP (default 1)."""
     metrics = detection_metrics(boxes, [s.box for s in samples], scores)
     scores = scores or [1.0] * len(samples)
-    predictions = [{"image_id": s.image_id, "target": list(s.box), "predicted": list(b) if b else None,
+    predictions = [{"image_id": s.image_id, "target": list(s.box), "predicted": reported_box(b),
                     "text": t, "score": round(c, 4)} for s, b, t, c in zip(samples, boxes, texts, scores)]
     return EvalResult(metrics, predictions)
 

@@ -57,13 +57,13 @@ def resolve_model_path(cfg: ModelConfig) -> str:
 MODEL_FIX = "the checkpoint is damaged: copy or export it again"
 MODEL_FILE_KEYS = {
     "adapter_config.json": {"base_model_name_or_path": str, "peft_type": str, "r": int, "target_modules": (list, str)},
-    "config.json": {"model_type": str},
     "tokenizer_config.json": {"tokenizer_class": str},
     "processor_config.json": {"processor_class": str, "image_processor": dict},
     "preprocessor_config.json": {"image_processor_type": str},
     "tokenizer.json": {"model": dict},
 }
-"""What loading cannot do without, per file of a model directory (each must be there, of its type)."""
+"""What loading cannot do without, per file of a model directory (each must be there, of its type).
+config.json's model_type is the family check's (`model_family`: "needs a model_type")."""
 
 
 def check_model_files(path: Path) -> None:

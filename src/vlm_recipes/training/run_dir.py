@@ -245,6 +245,20 @@ def check_resumable(path: Path) -> None:
         raise InputError(f"{path / PROGRESS_FILE}: every entry must be a stage's object {{...}}: {REPAIR}")
     for checkpoint in sorted((path / "trainer").glob("*/checkpoint-*")):
         check_checkpoint(checkpoint)
+    print(resume_point(path, state, len(stages)), file=sys.stderr)
+
+
+def resume_point(path: Path, state: str, finished: int) -> str:
+    """The line a resume prints: which stage and step (which checkpoint) it continues from."""
+    recipe = load_saved_recipe(path / "config.yaml", REPAIR)
+    if finished >= len(recipe.stages):
+        return f"resuming the {state} run in {path}: every stage trained; evaluating and writing its results"
+    stage = recipe.stages[finished]
+    steps = [int(p.name.split("-")[1]) for p in (path / "trainer" / stage.name).glob("checkpoint-*")
+             if p.name.split("-")[1].isdigit()]
+    where = (f"step {max(steps)} (trainer/{stage.name}/checkpoint-{max(steps)})" if steps
+             else "its start (no checkpoint was saved)")
+    return f"resuming the {state} run in {path}: stage {finished + 1}/{len(recipe.stages)} {stage.name!r} from {where}"
 
 
 def check_checkpoint(checkpoint: Path) -> None:
@@ -253,7 +267,7 @@ def check_checkpoint(checkpoint: Path) -> None:
     read_json_strictly(checkpoint / "trainer_state.json", dict, fix, default=None,
                        required={"global_step": int, "log_history": list})
     for name in ("adapter_config.json", "config.json"):
-        read_json_strictly(checkpoint / name, dict, fix, default=None, required=MODEL_FILE_KEYS[name])
+        read_json_strictly(checkpoint / name, dict, fix, default=None, required=MODEL_FILE_KEYS.get(name))
     for weights in sorted(checkpoint.glob("*.safetensors")):
         check_safetensors(weights, fix)
     for state in sorted(p for p in checkpoint.iterdir() if p.suffix in (".pt", ".pth", ".bin")):
