@@ -52,14 +52,14 @@ def read_json(path: Path, kind: type = dict, fix: str = "", default=MISSING, key
     if text is default and not path.exists():
         return default
     if not text.strip():
-        raise InputError(f"{path}: empty file (expected JSON {JSON_TYPES.get(kind, kind.__name__)}){_then(fix)}")
+        raise InputError(f"{path}: empty file (expected {JSON_TYPES.get(kind, kind.__name__)} in JSON){_then(fix)}")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}; "
                          f"truncated or corrupt){_then(fix)}") from None
     if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
-        raise InputError(f"{path}: expected JSON {JSON_TYPES.get(kind, kind.__name__)}, found "
+        raise InputError(f"{path}: expected {JSON_TYPES.get(kind, kind.__name__)} in JSON, found "
                          f"{_json_type(value)}{_then(fix)}")
     for key in required or {}:
         if key not in value:
