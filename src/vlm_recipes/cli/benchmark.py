@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-4bit", action="store_true", help="train without the recipe's 4-bit quantization")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field, as "
                    "for `train` (e.g. stages.0.lora.dropout=0.05)")
-    p.add_argument("--smoke", action="store_true", help="seconds-long run of every measurement (checks that the "
-                   "benchmark works; its figures mean nothing)")
+    p.add_argument("--smoke", action="store_true", help="a minute-long run of every measurement (checks that "
+                   "the benchmark works; its figures mean nothing)")
     p.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON output (default benchmark.json)")
     return p
 
