@@ -1,4 +1,4 @@
-"""scripts/benchmark.py: the measuring helpers exactly, and a seconds-long smoke run of the whole
+"""scripts/benchmark.py: the measuring helpers exactly, and a minute-long smoke run of the whole
 script (its JSON keys and its consistency; no timing is asserted: that is the benchmark's job)."""
 
 import json
