@@ -279,3 +279,21 @@ def test_a_stage_objective_option_set_on_the_recipe_objective_says_where_it_goes
     code, err = _run(capsys, train_main, ["--recipe", "r5-sft-grpo", "--set", "objective.options.beta=0.1", *SMALL,
                                           "--output-dir", str(tmp_path / "r")])
     assert code == 2 and len(err) == 1 and "--set stages.1.objective.options.beta=" in err[0], err
+
+
+def test_text_files_that_are_not_utf8_are_one_line_naming_them(capsys, tmp_path, no_model_loads):
+    from vlm_recipes.cli import encode
+
+    latin = "caf\xe9".encode("latin-1")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_bytes(b'{"image": "a.png", "query": "' + latin + b'"}\n')
+    code, err = _run(capsys, train_main, ["--recipe", "mrl", "--dataset", str(rows), *SMALL,
+                                          "--output-dir", str(tmp_path / "r")])
+    assert code == 2 and len(err) == 1 and "rows.jsonl: not UTF-8 text" in err[0], err
+    queries = tmp_path / "queries.txt"
+    queries.write_bytes(latin + b"\n")
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32), "white").save(photo)
+    code, err = _run(capsys, encode.main, ["--model", str(ROOT / "src/vlm_recipes/assets/tiny-qwen3-vl"),
+                                           "--images", str(photo), "--texts", str(queries), "--out", str(tmp_path / "e")])
+    assert code == 2 and len(err) == 1 and "queries.txt: not UTF-8 text" in err[0], err

@@ -88,6 +88,7 @@ def run(args) -> int:
     from ..api import check_out_dir
     from ..data.sources import image_files, open_image
     from ..data.video import read_video, video_files
+    from ..readers import read_text
 
     out = check_out_dir(args.out) if args.out else None
     check_model(args.model)
@@ -96,7 +97,8 @@ def run(args) -> int:
     pictures = [open_image(p) for p in paths]  # a bad image fails here, before the model loads
     video_paths = video_files(args.videos) if args.videos else []
     clips = [read_video(p, settings.video, "--videos") for p in video_paths]  # and a bad video
-    lines = [line for line in args.texts.read_text().splitlines() if line.strip()] if args.texts else []
+    texts = read_text(args.texts, "save the queries as UTF-8 text, one a line") if args.texts else ""
+    lines = [line for line in texts.splitlines() if line.strip()]
     embedder = load_embedder(args.model, settings)
     images = embedder.encode_images(pictures) if paths else None
     videos = embedder.encode_videos(clips) if clips else None

@@ -37,6 +37,7 @@ from typing import Any, Literal, Protocol
 from PIL import ExifTags, Image, ImageOps
 
 from ..errors import InputError, first_line
+from ..readers import read_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 JSON_SUFFIXES = (".jsonl", ".json")
@@ -300,7 +301,7 @@ class _JsonRows:
 
 def _read_json(path: Path) -> list:
     """A .json file holding a list of rows, or JSON Lines (one row a line, blank lines skipped)."""
-    text = path.read_text()
+    text = read_text(path, "save the rows as UTF-8 JSON")
     if path.suffix == ".json" and text.lstrip().startswith("["):
         return _parse_json(text, path, 1)
     return [_parse_json(line, path, number) for number, line in enumerate(text.splitlines(), 1) if line.strip()]

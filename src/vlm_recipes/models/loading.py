@@ -56,7 +56,7 @@ def resolve_model_path(cfg: ModelConfig) -> str:
 
 MODEL_FIX = "the checkpoint is damaged: copy or export it again"
 MODEL_FILE_KEYS = {
-    "adapter_config.json": {"base_model_name_or_path": str, "peft_type": str, "r": int, "target_modules": (list, str)},
+    "adapter_config.json": {"base_model_name_or_path": str},
     "tokenizer_config.json": {"tokenizer_class": str},
     "processor_config.json": {"processor_class": str, "image_processor": dict},
     "preprocessor_config.json": {"image_processor_type": str},
@@ -64,6 +64,8 @@ MODEL_FILE_KEYS = {
 }
 """What loading cannot do without, per file of a model directory (each must be there, of its type).
 config.json's model_type is the family check's (`model_family`: "needs a model_type")."""
+MODEL_FILE_TYPES = {"adapter_config.json": {"peft_type": str, "r": int, "target_modules": (list, str, type(None))}}
+"""Keys that must have their type when they are there."""
 
 
 def check_model_files(path: Path) -> None:
@@ -72,7 +74,7 @@ def check_model_files(path: Path) -> None:
     the file."""
     for item in sorted(path.iterdir()):
         if item.suffix == ".json":
-            read_json(item, dict, MODEL_FIX, required=MODEL_FILE_KEYS.get(item.name))
+            read_json(item, dict, MODEL_FIX, required=MODEL_FILE_KEYS.get(item.name), keys=MODEL_FILE_TYPES.get(item.name))
         elif item.suffix == ".jinja":
             check_chat_template(item)
         elif item.suffix == ".safetensors":

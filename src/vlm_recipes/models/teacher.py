@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig, MRLOptions, QuantizationConfig, load_saved_recipe, to_dict
+from ..config import ModelConfig, MRLOptions, QuantizationConfig
+from ..config.loading import read_yaml_mapping
 from ..errors import InputError
 from ..readers import read_json
 from .distributed import map_sharded
@@ -122,8 +123,16 @@ def read_run_config(run_dir: Path) -> dict:
     state = read_json(run_dir / "status.json", dict, fix, default={}, required={"state": str}).get("state")
     if state is not None and state != "complete":
         raise InputError(f"{WHERE}: the run {run_dir} is {state}, not complete; finish it (--resume) first")
-    recipe = load_saved_recipe(run_dir / "config.yaml", fix)  # the whole recipe checked, as a resume does
-    return to_dict(recipe)
+    config = run_dir / "config.yaml"
+    try:
+        raw = read_yaml_mapping(config)  # UTF-8, valid YAML, a mapping, no key twice
+    except InputError as err:
+        raise InputError(f"{WHERE}: {err}: {fix}") from None
+    objective = raw.get("objective")
+    if not isinstance(objective, dict) or not isinstance(objective.get("name"), str) or not isinstance(
+            objective.get("options") or {}, dict):
+        raise InputError(f"{config}: no objective mapping with a name (not a run's config.yaml): {fix}")
+    return raw
 
 
 def run_temperature(run_dir: Path | None, options: dict) -> float | None:
