@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The long fault-injection sweep (issue 31; the suite runs a sample: tests/test_faults.py).
 
-    python scripts/fault_sweep.py [--points 40] [--in-checkpoint 10] [--recipes r3-two-stage r5-sft-grpo] [--seed 0]
+    PYTHONPATH=tests python scripts/fault_sweep.py [--points 40] [--in-checkpoint 10] [--recipes r3-two-stage r5-sft-grpo] [--seed 0]
 
 For each recipe (at test size): one uninterrupted run, then for each seeded kill point a fresh run
 SIGKILLed there, resumed once to completion and compared bit for bit with the uninterrupted one
@@ -15,10 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from faults.recipes import TEST_SIZE  # noqa: E402
-from faults.sweep import Runner, Zygote, independent  # noqa: E402
+try:  # the harness lives with the tests: PYTHONPATH=tests
+    from faults.recipes import TEST_SIZE
+    from faults.sweep import Runner, Zygote, independent
+except ImportError:
+    sys.exit("error: the fault harness is in tests/faults: run as PYTHONPATH=tests python scripts/fault_sweep.py ...")
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peak memory of a grounding run against the size of its dataset: COCO-layout sets of N small images.
 
-    OMP_NUM_THREADS=1 python scripts/measure_grounding_memory.py --images 1000 20000 [--dir /tmp/coco-mem]
+    OMP_NUM_THREADS=1 PYTHONPATH=tests python scripts/measure_grounding_memory.py --images 1000 20000 [--dir /tmp/coco-mem]
 
 For each N: writes DIR/N (COCO 2017 layout, 64x64 JPEGs, 1-2 boxes each; 200 validation images), times
 loading its index in this process, then runs `vlm-recipes train --recipe r4-joint` for 20 steps with a
@@ -22,8 +22,11 @@ from pathlib import Path
 
 def write_coco(root: Path, count: int) -> Path:
     """A COCO 2017 layout of `count` training and 200 validation pictures (tests/grounding_formats.py)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from grounding_formats import CLASSES, coco_json
+    try:  # the fixture writer lives with the tests: PYTHONPATH=tests
+        from grounding_formats import CLASSES, coco_json
+    except ImportError:
+        sys.exit("error: tests/grounding_formats.py writes the fixture: run as PYTHONPATH=tests python "
+                 "scripts/measure_grounding_memory.py ...")
 
     if (root / "annotations" / "instances_train2017.json").is_file():
         return root

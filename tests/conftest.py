@@ -50,3 +50,21 @@ def short_r4_run(tmp_path_factory):
                   "--set", "train.per_device_train_batch_size=4", "--set", "train.eval_steps=3", "--no-wandb",
                   "--output-dir", str(run_dir)]) == 0
     return run_dir
+
+
+class ModelLoaded(BaseException):
+    """Raised by `no_model_loads` when weights start loading: a BaseException, so that no handler
+    of the package takes it for bad input."""
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Every load of weights (transformers' from_pretrained of any model class) raises ModelLoaded:
+    a check that must fire before any model loads is proven to, and a missed one costs no minutes."""
+    from transformers import PreTrainedModel
+
+    def refuse(cls, *args, **kwargs):
+        raise ModelLoaded(f"{cls.__name__}.from_pretrained({args[0] if args else ''})")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+    return ModelLoaded

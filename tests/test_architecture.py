@@ -1,6 +1,6 @@
 """The layer order of refactor_documentation/ARCHITECTURE.md, checked on the source: a module may
 import from its own layer or the layers below it, never above (lazy imports inside functions
-count too). And config, the bottom layer, imports nothing else of the package but errors."""
+count too). And config, the bottom layer, imports nothing else of the package but errors and readers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vlm_recipes"
 LAYERS = [
-    {"config", "errors"},
+    {"config", "errors", "readers"},
     {"families", "boxes"},
     {"data"},
     {"models"},
@@ -69,13 +69,14 @@ def test_no_module_imports_from_a_layer_above_it(path):
 
 
 def test_config_imports_nothing_else_of_the_package():
-    """Only its own modules and errors (the one module below it)."""
+    """Only its own modules, errors and readers (the modules below it)."""
     code = ("import sys, vlm_recipes.config; "
             "print(sorted(m for m in sys.modules if m.startswith('vlm_recipes')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(["vlm_recipes", "vlm_recipes.config", "vlm_recipes.config.loading",
                                "vlm_recipes.config.options", "vlm_recipes.config.recipes",
-                               "vlm_recipes.config.schema", "vlm_recipes.errors"])
+                               "vlm_recipes.config.schema", "vlm_recipes.errors",
+                               "vlm_recipes.readers"])
 
 
 def test_the_layer_check_sees_relative_and_lazy_imports(tmp_path):

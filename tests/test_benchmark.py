@@ -1,4 +1,4 @@
-"""scripts/benchmark.py: the measuring helpers exactly, and a seconds-long smoke run of the whole
+"""scripts/benchmark.py: the measuring helpers exactly, and a minute-long smoke run of the whole
 script (its JSON keys and its consistency; no timing is asserted: that is the benchmark's job)."""
 
 import json
@@ -80,6 +80,7 @@ def test_smoke_run_writes_every_key(tmp_path):
     assert result["encode"]["max_abs_diff"] < 1e-5  # the encoder and the plain forward embed alike
     assert {"torch", "transformers", "trl", "device"} <= set(result["env"])
     assert "project / TRL" in done.stdout
+    assert "these figures mean nothing" in done.stdout and result["smoke"]  # a smoke run says so (issue 32)
 
 
 def test_bad_flags_get_one_line_and_exit_2(tmp_path, capsys):

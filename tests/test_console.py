@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from vlm_recipes.cli.main import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["train", "list", "compare", "encode", "predict", "evaluate", "export", "benchmark", "build-base"]
+SUBCOMMANDS = ["train", "list", "compare", "report", "encode", "predict", "evaluate", "export", "benchmark", "build-base"]
 # the console script that `pip install -e .` put next to this interpreter, else the module
 SCRIPT = Path(sys.executable).with_name("vlm-recipes")
 COMMAND = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "vlm_recipes.cli.main"]

@@ -15,12 +15,8 @@ compares every kill point on its own.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from faults.recipes import TEST_SIZE  # noqa: E402
 from faults.sweep import Runner, Zygote, chains, differs  # noqa: E402

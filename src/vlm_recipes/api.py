@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import yaml
 
-from .boxes import xyxy_to_openfoodfacts
+from .boxes import reported_box, xyxy_to_openfoodfacts
 from .config import ModelConfig, QuantizationConfig, RecipeConfig, from_dict, load_recipe, to_dict
 from .data.chat import user_messages
 from .data.messages import ChatSample
@@ -38,8 +38,18 @@ from .data.sources import image_files, open_image
 from .errors import InputError
 from .evaluation.generation import answer_boxes
 from .models.export import ExportResult, adapter_dir_of, merge_adapter
-from .models.loading import load_model, load_processor, model_family, open_base, peft_quietly
+from .models.loading import (
+    MODEL_FIX,
+    check_device,
+    check_model_files,
+    load_model,
+    load_processor,
+    model_family,
+    open_base,
+    peft_quietly,
+)
 from .objectives import build_objective
+from .readers import read_json, read_text
 
 DEFAULT_RECIPE = "r4-joint"
 """The recipe whose objective and prompt apply to a model that has none (a base model)."""
@@ -72,6 +82,7 @@ class _Located:
 def open_trained(model_dir: str | Path, device: str = "cpu", quantized: bool | None = None) -> Trained:
     """(model in eval mode, processor, family, recipe or None). `quantized`: None = as the run's
     last stage for an adapter (reproduces the run's evaluation), full precision otherwise."""
+    check_device(device, "device")
     located = _locate(model_dir)
     objective = build_objective(located.recipe, located.processor, located.family) if located.recipe else None
     return Trained(_load(located, device, quantized, objective), located.processor, located.family, located.recipe)
@@ -85,7 +96,8 @@ def _locate(model_dir: str | Path) -> _Located:
     recipe = _recipe_of(where)
     cfg = recipe.model if recipe else ModelConfig()
     if (where / "adapter_config.json").is_file():
-        base = json.loads((where / "adapter_config.json").read_text())["base_model_name_or_path"]
+        check_model_files(where)
+        base = base_of_adapter(where)
         # the run's own processor, saved with the adapter (mdlm adds <|mask|> to its tokenizer)
         return _Located(base, where, recipe, load_processor(str(where), cfg), model_family(base, cfg))
     base = open_base(replace(cfg, name_or_path=str(where)))
@@ -120,8 +132,9 @@ def _recipe_of(path: Path) -> RecipeConfig | None:
     (the resolved recipe, next to model/); None for a plain checkpoint."""
     for config in (path / RECIPE_FILE, path.parent / "config.yaml"):
         if config.is_file():
+            text = read_text(config, "repair it, or pass the model directory without its run")
             try:
-                return from_dict(RecipeConfig, yaml.safe_load(config.read_text()), "")
+                return from_dict(RecipeConfig, yaml.safe_load(text), "")
             except (InputError, yaml.YAMLError) as err:
                 raise InputError(f"{config} is not a vlm-recipes recipe ({err})".replace("\n", " ")) from None
     return None
@@ -168,6 +181,7 @@ def predict(model_dir: str | Path, images, *, prompt: str | None = None, label: 
     mdlm's unmasking). `quantized` as in `open_trained`."""
     if batch_size < 1:
         raise InputError(f"batch size {batch_size}: must be >= 1")
+    check_device(device)
     paths = image_files(images)
     pictures = [open_image(p) for p in paths]
     located = _locate(model_dir)
@@ -200,11 +214,11 @@ def _unlabelled(objective, pictures, paths, prompt: str) -> list:
 
 def _prediction(path: Path, image, text: str, score: float, label: str, located: _Located) -> dict:
     found = answer_boxes(text, *image.size, located.family, located.processor)
-    box = found[0][1] if found else None
+    box = reported_box(found[0][1] if found else None)  # as predictions.json
     # a box's label is the answer's own when it wrote one, else the asked label
-    boxes = [{"label": own or label, "box": list(b), "box_normalized_off": list(xyxy_to_openfoodfacts(b, *image.size))}
-             for own, b in found]
-    return {"image": str(path), "boxes": boxes, "box": list(box) if box else None,
+    boxes = [{"label": own or label, "box": reported_box(b),
+              "box_normalized_off": list(xyxy_to_openfoodfacts(b, *image.size))} for own, b in found]
+    return {"image": str(path), "boxes": boxes, "box": box,
             "box_normalized_off": list(xyxy_to_openfoodfacts(box, *image.size)) if box else None,
             "label": label if box else None, "confidence": round(score, 4), "answer": text}
 
@@ -220,6 +234,7 @@ def evaluate(model_dir: str | Path, dataset: str, *, recipe: str | None = None, 
     metrics.json (this dict) and predictions.json (one row per test sample). `quantized` as in
     `open_trained`. `split`: the split scored (default: the recipe's data.test_split)."""
     out = check_out_dir(out_dir) if out_dir is not None else None
+    check_device(device)
     located = _locate(model_dir)
     cfg = _eval_recipe(located.recipe or load_recipe(recipe or DEFAULT_RECIPE), dataset, max_test, split)
     objective = build_objective(cfg, located.processor, located.family)
@@ -256,15 +271,31 @@ def export(model_dir: str | Path, out_dir: str | Path, device: str = "cpu") -> E
     processor and the run's recipe (recipe.yaml), checked (models.export.merge_adapter). Full
     weights (r2's model/, or an export) need no export: an InputError says so; copy the directory."""
     out = check_out_dir(out_dir)
+    check_device(device)
     where = _model_path(model_dir)
     if isinstance(where, str):
         raise InputError(f"{model_dir} is a base model: it has no adapter to merge and is usable as it is")
     adapter_dir, _ = adapter_dir_of(where)  # the one-line error for full weights
+    check_model_files(adapter_dir)
+    run = adapter_dir.parent if adapter_dir.name == "model" else adapter_dir
+    if out.resolve() in (adapter_dir.resolve(), run.resolve()) or adapter_dir.resolve() in out.resolve().parents:
+        raise InputError(f"--out {out_dir}: that is the model being exported (or inside it); the merged checkpoint "
+                         "would overwrite its own input: pass another directory")
+    base_of_adapter(adapter_dir)
     recipe = _recipe_of(adapter_dir)
     result = merge_adapter(adapter_dir, out, device)
     if recipe is not None:
         (out / RECIPE_FILE).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
     return result
+
+
+def base_of_adapter(adapter_dir: Path) -> str:
+    """The base model an adapter was trained on (its adapter_config.json), read through the one JSON reader."""
+    config = read_json(adapter_dir / "adapter_config.json", dict, MODEL_FIX,
+                       keys={"base_model_name_or_path": str})
+    if not config.get("base_model_name_or_path"):
+        raise InputError(f"{adapter_dir / 'adapter_config.json'}: no base_model_name_or_path: {MODEL_FIX}")
+    return config["base_model_name_or_path"]
 
 
 def check_out_dir(path: str | Path) -> Path:

@@ -210,3 +210,13 @@ def is_empty_answer(text: str, family: Family) -> bool:
         return json.loads(body) == []
     except ValueError:
         return False
+
+
+REPORTED_DECIMALS = 1
+"""Box coordinates as predictions are reported (predictions.json, `predict`): a tenth of a pixel.
+Finer digits are float noise of the coordinate conversion, not information a pixel carries; the
+metrics are computed on the unrounded boxes."""
+
+
+def reported_box(box) -> list[float] | None:
+    return [round(float(v), REPORTED_DECIMALS) for v in box] if box else None

@@ -32,7 +32,8 @@ class Zygote:
 
     def __init__(self, logs: Path, src: Path = ROOT / "src"):
         self.logs = logs
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
+        # src/ (the checkout under test) and tests/ (faults.inject) for the zygote's imports
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "faults" / "zygote.py")], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
         assert json.loads(self.proc.stdout.readline()) == {"ready": True}

@@ -13,8 +13,6 @@ import os
 import sys
 import traceback
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for faults.inject
-
 import datasets  # noqa: E402,F401  imported before the fork: the children share them
 import safetensors.torch  # noqa: E402,F401
 import torch  # noqa: E402,F401

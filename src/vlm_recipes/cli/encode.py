@@ -38,14 +38,23 @@ def settings_for(model_dir: Path, pooling: str | None, batch_size: int):
 
     from ..config import DataConfig, MRLOptions, ObjectiveConfig, VideoConfig, from_dict
     from ..models.embedding import EncodeSettings
+    from ..readers import read_text
 
     options, video = MRLOptions(), VideoConfig()
-    config = model_dir.parent / "config.yaml"
-    if config.is_file():
-        saved = yaml.safe_load(config.read_text()) or {}
-        objective = saved.get("objective") or {}
-        if objective.get("name") == "mrl":
-            options = ObjectiveConfig.from_raw(objective, "objective").options
+    if (model_dir / "model").is_dir() and not (model_dir / "config.json").is_file():
+        model_dir = model_dir / "model"  # a run directory means its model/
+    config = next((c for c in (model_dir / "recipe.yaml", model_dir.parent / "config.yaml") if c.is_file()), None)
+    if config is not None:
+        try:
+            saved = yaml.safe_load(read_text(config, "repair it, or pass the model directory without its run")) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{config}: not valid YAML ({first_line(err)}): repair it") from None
+        objective = saved.get("objective") or {} if isinstance(saved, dict) else {}
+        if not isinstance(objective, dict) or objective.get("name", "sft") != "mrl":
+            name = objective.get("name", "sft") if isinstance(objective, dict) else objective
+            raise InputError(f"--model {model_dir}: a {name} model ({config}), not an embedding model: encode needs "
+                             "one trained with the mrl objective (e.g. --recipe mrl)")
+        options = ObjectiveConfig.from_raw(objective, "objective").options
         video = from_dict(DataConfig, saved.get("data") or {}, "data").video
     settings = EncodeSettings.from_options(options, batch_size, video)
     if pooling:
@@ -79,14 +88,17 @@ def run(args) -> int:
     from ..api import check_out_dir
     from ..data.sources import image_files, open_image
     from ..data.video import read_video, video_files
+    from ..readers import read_text
 
     out = check_out_dir(args.out) if args.out else None
+    check_model(args.model)
     settings = settings_for(Path(args.model), args.pooling, args.batch_size)
     paths = image_files(args.images) if args.images else []
     pictures = [open_image(p) for p in paths]  # a bad image fails here, before the model loads
     video_paths = video_files(args.videos) if args.videos else []
     clips = [read_video(p, settings.video, "--videos") for p in video_paths]  # and a bad video
-    lines = [line for line in args.texts.read_text().splitlines() if line.strip()] if args.texts else []
+    texts = read_text(args.texts, "save the queries as UTF-8 text, one a line") if args.texts else ""
+    lines = [line for line in texts.splitlines() if line.strip()]
     embedder = load_embedder(args.model, settings)
     images = embedder.encode_images(pictures) if paths else None
     videos = embedder.encode_videos(clips) if clips else None
@@ -97,6 +109,18 @@ def run(args) -> int:
         gallery = [e for e in (images, videos) if e is not None]  # images first, then videos
         search(embedder, args, [*paths, *video_paths], gallery)
     return 0
+
+
+def check_model(model: str) -> None:
+    """Every file of the model directory read through its kind's reader, before any weights load."""
+    from ..api import base_of_adapter
+    from ..models.loading import check_model_files
+
+    path = Path(model)
+    path = path / "model" if (path / "model").is_dir() and not (path / "config.json").is_file() else path
+    check_model_files(path)
+    if (path / "adapter_config.json").is_file():
+        base_of_adapter(path)
 
 
 def load_embedder(model: str, settings):

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from .predict import model_parser, run_main
 
+RELOAD_TOLERANCE = 1e-3
+"""The saved checkpoint must reload to the merged model's logits (float32: differences ~1e-6)."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = model_parser("export", "Merge a run's LoRA adapter into its full-precision base and save a checkpoint "
@@ -25,11 +28,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
+    import sys
+
     from .. import api
+    from ..errors import EXIT_FAILED
 
     result = api.export(args.model, args.out, device=args.device)
     reload = "not checked" if result.reload_max_diff is None else f"{result.reload_max_diff:.3g}"
     print(f"merged {args.model} into {result.base} -> {result.path}\n"
           f"max logit change vs the base on the probe image: {result.max_logit_change:.4g} (> 0: the adapter acts)\n"
           f"max logit difference after reloading the saved checkpoint: {reload} (~0: saved as merged)")
+    if result.reload_max_diff is not None and result.reload_max_diff > RELOAD_TOLERANCE:
+        print(f"error: the checkpoint saved in {result.path} does not reload as merged (logits differ by "
+              f"{result.reload_max_diff:.3g} > {RELOAD_TOLERANCE:g}): do not use it; export again into an empty "
+              "directory", file=sys.stderr)
+        return EXIT_FAILED
     return 0

@@ -79,9 +79,10 @@ def run(args) -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "predictions.jsonl").write_text(lines)
+    print(f"{len(rows)} predictions -> {args.out / 'predictions.jsonl'}")
     if args.draw:
         draw_all(rows, args.out / "drawn")
-    print(f"{len(rows)} predictions -> {args.out / 'predictions.jsonl'}")
+        print(f"{len(rows)} images with their boxes drawn -> {args.out / 'drawn'}/")
     return 0
 
 

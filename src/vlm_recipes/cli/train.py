@@ -15,7 +15,10 @@ from pathlib import Path
 from ..errors import InputError, TrainingDiverged, exit_code
 from .predict import OneLineParser
 
-RECIPE_FLAGS = ("recipe", "model", "family", "dataset", "split", "epochs", "max_steps", "seed", "overrides", "overwrite")
+RECIPE_FLAGS = ("recipe", "model", "family", "dataset", "split", "epochs", "max_steps", "seed", "overrides",
+                "overwrite", "nproc", "accelerate_config")
+"""What --resume refuses (README: only --gpu and --no-wandb go with it): each changes the recipe or
+the global batch (processes x batch), and a resumed run must equal the uninterrupted one."""
 SHORTCUTS = {"model": "model.name_or_path", "family": "model.family", "dataset": "data.dataset",
              "split": "data.test_split", "epochs": "train.num_train_epochs", "max_steps": "train.max_steps",
              "seed": "seed"}
@@ -62,6 +65,9 @@ def check_flags(args: argparse.Namespace) -> None:
         raise InputError(f"--max-steps {args.max_steps}: must be >= 1")
     if args.epochs is not None and not args.epochs > 0:
         raise InputError(f"--epochs {args.epochs:g}: must be positive")
+    if args.parallel == "model" and args.nproc is not None:
+        raise InputError(f"--parallel model with --nproc {args.nproc}: model parallel is one process spreading the "
+                         "model over the GPUs; drop --nproc (or use --parallel data)")
     if args.resume is None:
         if not args.recipe:
             raise InputError("--recipe is required: pass a name from --list, e.g. --recipe r4-joint")
@@ -71,15 +77,15 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.resume is True and args.output_dir is None:
         raise InputError("--resume needs the run directory: --resume RUN_DIR (or --output-dir RUN_DIR --resume)")
     given = [f"--{flag.replace('_', '-')}" for flag in RECIPE_FLAGS if getattr(args, flag) not in (None, False, [])]
+    given += ["--parallel model"] if args.parallel == "model" else []
     if given:
         raise InputError(f"--resume continues the run with its own config.yaml: drop {', '.join(given)}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Flags, then the run. `--help`, `--list` and bad flags import no torch (they answer in well
+    under 2 s); the run's modules load only once the flags are good."""
     from ..config import describe_recipes
-    from ..models.distributed import is_main_process
-    from ..training.launch import train
-    from ..training.preemption import Interrupted, signals_stop_the_run
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -88,6 +94,18 @@ def main(argv: list[str] | None = None) -> int:
             print(describe_recipes())
             return 0
         check_flags(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return exit_code(err)
+    return train_from_flags(args, argv)
+
+
+def train_from_flags(args: argparse.Namespace, argv: list[str]) -> int:
+    from ..models.distributed import is_main_process
+    from ..training.launch import train
+    from ..training.preemption import Interrupted, signals_stop_the_run
+
+    try:
         with signals_stop_the_run():
             result = train(request(args, argv))
     except (InputError, TrainingDiverged) as err:
@@ -115,7 +133,29 @@ def request(args: argparse.Namespace, argv: list[str]):
     resume = args.resume is not None
     return Request(args.recipe, shortcuts + args.overrides, args.output_dir or (Path(args.resume) if resume else None),
                    resume, args.overwrite, not args.no_wandb, args.gpu, args.nproc, args.parallel,
-                   args.accelerate_config, argv, command=" ".join([Path(sys.argv[0]).name, *argv]))
+                   args.accelerate_config, argv, command=rerun_command(args))
+
+
+def rerun_command(args: argparse.Namespace) -> str:
+    """The command that runs this again, as run_info.json records it: `vlm-recipes train`, then
+    each flag given once with the value it took (a repeated flag's last), `--set` items in order."""
+    import shlex
+
+    words = ["vlm-recipes", "train"]
+    for action in build_parser()._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest in ("help", "list") or value in (None, False, []):
+            continue
+        if value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, list):
+            words += [w for item in value for w in (flag, str(item))]
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
 
 
 if __name__ == "__main__":

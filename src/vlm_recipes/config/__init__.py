@@ -27,7 +27,7 @@ from .options import (
     check_metric,
     spec_of,
 )
-from .recipes import RECIPE_DIR, apply_override, available_recipes, describe_recipes, load_recipe
+from .recipes import RECIPE_DIR, apply_override, available_recipes, describe_recipes, load_recipe, load_saved_recipe
 from .schema import (
     DataConfig,
     EvalConfig,
@@ -47,6 +47,7 @@ __all__ = [
     "VIDEO_DATASETS", "DataConfig", "EvalConfig", "FreezeConfig", "GRPOOptions", "InputError", "LoraConfig",
     "MDLMOptions", "MRLOptions", "MetricNames", "ModelConfig", "ObjectiveConfig", "ObjectiveSpec",
     "QuantizationConfig", "RecipeConfig", "SFTOptions", "StageConfig", "TrainConfig", "TrainingDiverged",
-    "VideoConfig", "apply_override", "available_recipes", "describe_recipes", "check_metric", "from_dict", "load_recipe", "spec_of",
+    "VideoConfig", "apply_override", "available_recipes", "describe_recipes", "check_metric", "from_dict", "load_recipe", "load_saved_recipe",
+    "spec_of",
     "to_dict",
 ]

@@ -14,14 +14,33 @@ from typing import Any, Literal
 import yaml
 
 from ..errors import InputError
+from ..readers import read_text
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML keeps the
+    last one without a word, so a recipe would silently lose the first value)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise InputError(f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
+                                 f"{key_node.start_mark.line + 1}): keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 def read_yaml_mapping(path: Path) -> dict:
-    """A YAML file whose top level is a mapping (a recipe, a run's config.yaml)."""
+    """A YAML file (UTF-8, no key twice) whose top level is a mapping (a recipe, a run's config.yaml)."""
+    text = read_text(path, "save it as UTF-8 YAML")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         raise InputError(f"recipe file {path} is not valid YAML: {err}".replace("\n", " ")) from None
+    except InputError as err:
+        raise InputError(f"recipe file {path}: {err}") from None
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else f"a {type(raw).__name__}"
         raise InputError(f"recipe file {path}: the top level must be a mapping of recipe keys (name, stages, ...), "

@@ -169,6 +169,12 @@ class TrainConfig:
         _check_against_trainer(self)
 
 
+RUN_OWNED_ARGUMENTS = {"output_dir": "the run directory (--output-dir)", "seed": "the recipe's seed (--seed)",
+                       "report_to": "--no-wandb (TensorBoard always)", "use_cpu": "--gpu cpu",
+                       "bf16": "model.dtype", "fp16": "model.dtype"}
+"""TrainingArguments the run sets from elsewhere: train.extra cannot override them."""
+
+
 def _check_against_trainer(train: TrainConfig) -> None:
     """What transformers' TrainingArguments would reject later, rejected now with the key's name."""
     from transformers import SchedulerType, TrainingArguments
@@ -176,6 +182,13 @@ def _check_against_trainer(train: TrainConfig) -> None:
     schedulers = [s.value for s in SchedulerType]
     if train.lr_scheduler_type not in schedulers:
         raise InputError(f"train.lr_scheduler_type={train.lr_scheduler_type!r}: must be one of {', '.join(schedulers)}")
+    typed = {f.name for f in dataclasses.fields(TrainConfig)} | {"warmup_steps": "warmup_ratio"}.keys()
+    shadowed = sorted(set(train.extra) & (typed | RUN_OWNED_ARGUMENTS.keys()))
+    if shadowed:
+        key = shadowed[0]
+        owner = RUN_OWNED_ARGUMENTS.get(key) or f"train.{'warmup_ratio' if key == 'warmup_steps' else key}"
+        raise InputError(f"train.extra.{key}: set by {owner}, which checks it; train.extra is for the "
+                         "TrainingArguments the recipe has no field for")
     known = {f.name for f in dataclasses.fields(TrainingArguments)}
     bad = sorted(set(train.extra) - known)
     if bad:

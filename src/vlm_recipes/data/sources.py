@@ -37,6 +37,7 @@ from typing import Any, Literal, Protocol
 from PIL import ExifTags, Image, ImageOps
 
 from ..errors import InputError, first_line
+from ..readers import read_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 JSON_SUFFIXES = (".jsonl", ".json")
@@ -310,7 +311,7 @@ class _JsonRows:
 
 def _read_json(path: Path) -> list:
     """A .json file holding a list of rows, or JSON Lines (one row a line, blank lines skipped)."""
-    text = path.read_text()
+    text = read_text(path, "save the rows as UTF-8 JSON")
     if path.suffix == ".json" and text.lstrip().startswith("["):
         return _parse_json(text, path, 1)
     return [_parse_json(line, path, number) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
@@ -339,7 +340,45 @@ def decode_image(value: Any, where: str, size: tuple[Any, Any] | None = None) ->
         image = _match_size_columns(image, *size, where)
     elif isinstance(value, dict):
         image = _upright(image)
-    return image if image.mode == "RGB" else image.convert("RGB")
+    check_aspect_ratio(image, where)
+    return to_rgb(image)
+
+
+MAX_ASPECT_RATIO = 200
+"""The Qwen-VL processors' limit (smart_resize refuses a longer side over 200x the shorter): such
+an image is refused, naming it, rather than padded (padding would change what the box measures)."""
+
+
+def check_aspect_ratio(image: Image.Image, where: str) -> None:
+    w, h = image.size
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise InputError(f"{where}: the image is {w}x{h}, an aspect ratio over {MAX_ASPECT_RATIO} that the Qwen-VL "
+                         "processors cannot resize; crop it or drop the row")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB as the model sees it, from any mode, the one conversion of every image the package
+    reads. 16-bit (I;16, I;16B, I;16L) is scaled by its bit depth (PIL's convert clips it: a 16-bit
+    PNG becomes almost all white); 32-bit I by its range (16-bit data when above 255); F as 0..1
+    when it stays within 1, else 0..255; transparency (RGBA, LA, PA, P with a transparent colour) is
+    composited over white, as a viewer shows it; CMYK, YCbCr, 1, L by PIL's conversion."""
+    import numpy as np
+
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
+            values = values / 257.0
+        elif image.mode == "F" and values.max(initial=0) <= 1.0:
+            values = values * 255.0
+        gray = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))  # mode L
+        return gray.convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def _load_image(value: Any, where: str) -> Image.Image:
@@ -408,7 +447,10 @@ def open_image(path: str | Path):
     are in pixels of the picture as people see it."""
     try:
         with Image.open(path) as image:
-            return ImageOps.exif_transpose(image).convert("RGB")
+            image.load()
+            upright = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise InputError(f"--images {path} is not a readable image ({str(err).strip() or type(err).__name__}): "
                          "pass image files or directories") from None
+    check_aspect_ratio(upright, f"--images {path}")
+    return to_rgb(upright)

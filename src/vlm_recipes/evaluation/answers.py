@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
-from ..boxes import is_empty_answer
+from ..boxes import is_empty_answer, reported_box
 from ..data.detection import GroundingSample
 from ..models.distributed import map_sharded
 from .detection import detection_metrics, set_metrics
@@ -100,7 +100,7 @@ def detection_result(samples: list[GroundingSample], boxes: list, texts: list[st
     metrics = detection_metrics(boxes, [s.box for s in samples], scores)
     scores = scores or [1.0] * len(samples)
     labels = labels or [None] * len(samples)
-    predictions = [{"image_id": s.image_id, "target": list(s.box), "predicted": list(b) if b else None,
+    predictions = [{"image_id": s.image_id, "target": list(s.box), "predicted": reported_box(b),
                     "predicted_label": label, "text": t, "score": round(c, 4)}
                    for s, b, t, c, label in zip(samples, boxes, texts, scores, labels)]
     return EvalResult(metrics, predictions)

@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InputError
+from ..readers import read_json
 from .result import directions_of
 
 DETECTION_COLUMNS = [  # (key, title)
@@ -76,23 +78,25 @@ def _is_run(path: Path) -> bool:
     return (path / "status.json").is_file() or (path / "metrics.json").is_file()
 
 
+STATUS_KEYS = {"state": str, "error": str}
+METRICS_KEYS = {"base": dict, "finetuned": dict, "stages": list, "objective": str, "dims": list,
+                "shifted": dict, "best": dict}
+FIX = "repair or delete it (a run whose files are lost is trained again), or leave the run out"
+
+
 def read_run(path: Path) -> Run:
+    """A run's state and metrics. A missing file is a state (the run never started, failed early);
+    a corrupt one (empty, binary, truncated, a wrong type) is bad input: one line naming it."""
     if not path.is_dir():
         return Run(path, "missing", error="no such run directory (the run never started, or bad input)")
-    state, error = "unknown", ""
-    if (path / "status.json").is_file():
-        try:
-            status = json.loads((path / "status.json").read_text())
-            state, error = status.get("state", "unknown"), status.get("error", "")
-        except json.JSONDecodeError:
-            error = "status.json is not valid JSON"
-    metrics = None
-    if (path / "metrics.json").is_file():
-        try:
-            metrics = json.loads((path / "metrics.json").read_text())
-        except json.JSONDecodeError:
-            error = error or "metrics.json is not valid JSON"
-    return Run(path, state, metrics, error)
+    status = read_json(path / "status.json", dict, FIX, default={}, keys=STATUS_KEYS)
+    if (path / "status.json").is_file() and "state" not in status:
+        raise InputError(f"{path / 'status.json'}: has no 'state': {FIX}")
+    metrics = read_json(path / "metrics.json", dict, FIX, default=None, keys=METRICS_KEYS)
+    if metrics is not None and status.get("state") == "complete" and not {"base", "finetuned"} <= set(metrics):
+        raise InputError(f"{path / 'metrics.json'}: the run is complete but its metrics.json has no base/finetuned "
+                         f"results: {FIX}")
+    return Run(path, status.get("state", "unknown"), metrics, status.get("error", ""))
 
 
 # --- building the tables --------------------------------------------------------------------------

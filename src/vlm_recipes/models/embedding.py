@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import QUERY_INSTRUCTION, TARGET_INSTRUCTION, MRLOptions, VideoConfig
+from ..data.sources import to_rgb
 from ..data.video import Clip
 from ..errors import InputError
 
@@ -200,7 +201,7 @@ def encode_texts(model, processor, texts: list[str], settings: EncodeSettings = 
 def encode_images(model, processor, images: list[Image.Image], texts: list[str | None] | None = None,
                   settings: EncodeSettings = EncodeSettings()) -> torch.Tensor:
     """Images (each with optional text) -> (N, hidden) normalised embeddings (target instruction)."""
-    return encode(model, processor, texts or [None] * len(images), [img.convert("RGB") for img in images],
+    return encode(model, processor, texts or [None] * len(images), [to_rgb(img) for img in images],
                   settings.target_instruction, settings)
 
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..config import ModelConfig, QuantizationConfig, from_dict
+from ..config.loading import read_yaml_mapping
 from ..errors import InputError
 from .loading import load_model, load_processor, peft_quietly
 
@@ -57,8 +57,11 @@ def adapter_dir_of(path: str | Path) -> tuple[Path, ModelConfig]:
         raise InputError(f"{path} holds no LoRA adapter (adapter_config.json): pass a run directory or its model/")
     model_cfg = ModelConfig()
     config = path.parent / "config.yaml"
-    if config.is_file():
-        model_cfg = from_dict(ModelConfig, (yaml.safe_load(config.read_text()) or {}).get("model"), "model")
+    if config.is_file():  # only its model section matters here (read strictly, errors naming the file)
+        try:
+            model_cfg = from_dict(ModelConfig, read_yaml_mapping(config).get("model"), "model")
+        except InputError as err:
+            raise InputError(str(err) if str(config) in str(err) else f"{config}: {err}") from None
     return path, model_cfg
 
 

@@ -21,6 +21,7 @@ from ..config import LoraConfig, ModelConfig, QuantizationConfig, RecipeConfig, 
 from ..data.sources import check_hub_available
 from ..errors import InputError, first_line
 from ..families import FAMILIES, Family, get_family
+from ..readers import check_safetensors, read_json, read_text
 from .distributed import local_device
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -39,13 +40,76 @@ def resolve_model_path(cfg: ModelConfig) -> str:
         return str(path)
     name = cfg.name_or_path
     if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
+        path = Path(name).expanduser()
+        check_model_files(path)
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            raise InputError(f"--model {name} is a LoRA adapter, not a base model: merge it first with "
+                             f"`vlm-recipes export --model {name} --out DIR`, then pass --model DIR")
+        return str(path)
     # what cannot be a hub id ("org/name") is a directory that is not there
     if name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).exists():
         raise InputError(f"--model {name}: no such directory; pass a checkpoint directory, a hub id "
                          "(org/name) or 'tiny'")
     check_hub_available(name, "model")
     return name
+
+
+MODEL_FIX = "the checkpoint is damaged: copy or export it again"
+MODEL_FILE_KEYS = {
+    "adapter_config.json": {"base_model_name_or_path": str},
+    "tokenizer_config.json": {"tokenizer_class": str},
+    "processor_config.json": {"processor_class": str, "image_processor": dict},
+    "preprocessor_config.json": {"image_processor_type": str},
+    "tokenizer.json": {"model": dict},
+}
+"""What loading cannot do without, per file of a model directory (each must be there, of its type).
+config.json's model_type is the family check's (`model_family`: "needs a model_type")."""
+MODEL_FILE_TYPES = {"adapter_config.json": {"peft_type": str, "r": int, "target_modules": (list, str, type(None))}}
+"""Keys that must have their type when they are there."""
+
+
+def check_model_files(path: Path) -> None:
+    """Every file of the model directory `path` that loading reads, read through its kind's reader
+    (JSON, UTF-8 text, safetensors headers) before anything loads: corruption is one line naming
+    the file."""
+    for item in sorted(path.iterdir()):
+        if item.suffix == ".json":
+            read_json(item, dict, MODEL_FIX, required=MODEL_FILE_KEYS.get(item.name), keys=MODEL_FILE_TYPES.get(item.name))
+        elif item.suffix == ".jinja":
+            check_chat_template(item)
+        elif item.suffix == ".safetensors":
+            check_safetensors(item, MODEL_FIX)
+
+
+def check_chat_template(path: Path) -> None:
+    """A chat template file: UTF-8, a Jinja template that parses, and one that uses its messages."""
+    import jinja2
+
+    text = read_text(path, MODEL_FIX)
+    try:
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as err:
+        raise InputError(f"{path}: not a valid Jinja chat template (line {err.lineno}: {err.message}): "
+                         f"{MODEL_FIX}") from None
+    if "messages" not in text:
+        raise InputError(f"{path}: a chat template that never reads the messages: {MODEL_FIX}")
+
+
+def check_device(device: str, flag: str = "--device") -> str:
+    """`device` as torch names one this machine has: cpu, cuda, cuda:N (N a visible GPU)."""
+    import re
+
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    if match is None:
+        raise InputError(f"{flag} {device!r}: expected cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count()
+        index = int(match.group(1) or 0)
+        if count == 0:
+            raise InputError(f"{flag} {device}: no CUDA GPU is visible here; use {flag} cpu")
+        if index >= count:
+            raise InputError(f"{flag} {device}: GPU {index} does not exist ({count} visible: cuda:0..cuda:{count - 1})")
+    return device
 
 
 @dataclass(frozen=True)

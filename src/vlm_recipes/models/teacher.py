@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..config import ModelConfig, MRLOptions, QuantizationConfig
+from ..config.loading import read_yaml_mapping
 from ..errors import InputError
+from ..readers import read_json
 from .distributed import map_sharded
 from .embedding import EncodeSettings, encode
+from .loading import MODEL_FIX, check_model_files
 
 WHERE = "objective.options.teacher"
 
@@ -108,31 +110,36 @@ def locate(name: str) -> tuple[str, Path | None]:
     if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
         raise InputError(f"{WHERE}={name}: {path} holds no model (config.json) or LoRA adapter "
                          "(adapter_config.json)")
+    check_model_files(path)  # every file read through its kind's reader, before any weights load
+    if (path / "adapter_config.json").is_file() and "base_model_name_or_path" not in read_json(
+            path / "adapter_config.json"):
+        raise InputError(f"{path / 'adapter_config.json'}: no base_model_name_or_path: {MODEL_FIX}")
     return str(path), run_dir
 
 
 def read_run_config(run_dir: Path) -> dict:
     """The teacher run's config.yaml; a run that did not finish is not a teacher."""
-    try:
-        state = json.loads((run_dir / "status.json").read_text()).get("state")
-    except (FileNotFoundError, json.JSONDecodeError):
-        state = None
+    fix = f"repair it, or name the teacher's model/ directory alone ({WHERE})"
+    state = read_json(run_dir / "status.json", dict, fix, default={}, required={"state": str}).get("state")
     if state is not None and state != "complete":
         raise InputError(f"{WHERE}: the run {run_dir} is {state}, not complete; finish it (--resume) first")
+    config = run_dir / "config.yaml"
     try:
-        return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except yaml.YAMLError as err:
-        raise InputError(f"{WHERE}: {run_dir / 'config.yaml'} is not valid YAML ({err})".replace("\n", " ")) from None
+        raw = read_yaml_mapping(config)  # UTF-8, valid YAML, a mapping, no key twice
+    except InputError as err:
+        raise InputError(f"{WHERE}: {err}: {fix}") from None
+    objective = raw.get("objective")
+    if not isinstance(objective, dict) or not isinstance(objective.get("name"), str) or not isinstance(
+            objective.get("options") or {}, dict):
+        raise InputError(f"{config}: no objective mapping with a name (not a run's config.yaml): {fix}")
+    return raw
 
 
 def run_temperature(run_dir: Path | None, options: dict) -> float | None:
     """The temperature an mrl run trained at: its learned one (train_log.json) if it learned one."""
     if run_dir is not None and options.get("learn_temperature"):
-        try:
-            log = json.loads((run_dir / "train_log.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            log = []
-        learned = [e["learned_temperature"] for e in log if "learned_temperature" in e]
+        log = read_json(run_dir / "train_log.json", list, "repair or delete it", default=[])
+        learned = [e["learned_temperature"] for e in log if isinstance(e, dict) and "learned_temperature" in e]
         if learned:
             return float(learned[-1])
     return float(options["temperature"]) if "temperature" in options else MRLOptions.temperature
@@ -230,12 +237,12 @@ def untaught_metrics(run: str) -> dict:
     """The test metrics of a finished run of the student without distillation (`untaught_run`)."""
     path = Path(run).expanduser()
     path = path.parent if path.name == "model" else path
-    try:
-        metrics = json.loads((path / "metrics.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    metrics = read_json(path / "metrics.json", dict, "train the student again with distillation_alpha=0",
+                        default=None)
+    if metrics is None:
         raise InputError(f"objective.options.untaught_run={run}: no finished run there ({path / 'metrics.json'} "
-                         "is missing); train the student with distillation_alpha=0 first") from None
-    if metrics.get("objective") != "mrl" or "finetuned" not in metrics:
+                         "is missing); train the student with distillation_alpha=0 first")
+    if metrics.get("objective") != "mrl" or not isinstance(metrics.get("finetuned"), dict):
         raise InputError(f"objective.options.untaught_run={run}: not a finished mrl run (its metrics.json has "
                          "no mrl test metrics)")
     return metrics["finetuned"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from ..models.distributed import (
     claimed_run_dir,
     fsdp_loads_on_cpu,
     init_processes,
+    is_main_process,
     launch_strategy,
     launched,
     on_main,
@@ -174,7 +176,8 @@ def check_accelerate_config(config: Path | None, device: str, nproc: int) -> Non
     if not config.is_file():
         raise InputError(f"--accelerate-config {config}: no such file; use one of configs/accelerate/*.yaml")
     if device == "cpu":
-        raise InputError(f"--accelerate-config {config} with --gpu cpu: accelerate runs FSDP and DeepSpeed on GPUs only "
+        raise InputError(f"--accelerate-config {config} on the CPU (--gpu cpu, or no GPU visible): accelerate runs "
+                         "FSDP and DeepSpeed on GPUs only "
                          "(a CPU launch would silently be plain data parallel); drop the flag")
     if nproc < 2:
         raise InputError(f"--accelerate-config {config}: one process; list several GPUs with --gpu, e.g. --gpu 0,1")
@@ -230,7 +233,7 @@ def run_directory(path: Path | None, recipe_name: str, overwrite: bool, resume: 
     by this process, by rank 0 of a torchrun/accelerate job, or by the launcher that started us."""
     claimed = claimed_run_dir()
     if claimed is not None:
-        yield RunDir(claimed, resume)
+        yield RunDir(claimed, resume, replaces=overwrite)  # the launcher checked it is a run
         return
     with ExitStack() as held:
         def claim() -> RunDir:  # the lock is held until the run ends
@@ -250,4 +253,8 @@ def reporting(run_dir: Path, wandb: bool) -> list[str]:
         os.environ.setdefault("WANDB_DIR", str(run_dir))
         os.environ.setdefault("WANDB_SILENT", "true")
         report_to.append("wandb")
+        if os.environ.get("WANDB_MODE") == "offline" and is_main_process():
+            where = Path(os.environ["WANDB_DIR"]) / "wandb"
+            print(f"W&B: offline (no WANDB_API_KEY), logging to {where}/offline-run-*; upload later with "
+                  f"`wandb sync {where}/offline-run-*` (or pass --no-wandb)", file=sys.stderr)
     return report_to

@@ -45,6 +45,7 @@ def run_recipe(recipe: RecipeConfig, run_dir: Path | RunDir, device: str = "cpu"
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     set_seed(recipe.seed)
     run = open_run(recipe, device, list(report_to))  # bad input fails here, before run_dir is written
+    run_dir.clear_earlier()  # --overwrite: the earlier run goes only now that every input has opened
     run_dir.write_config(run.recipe)  # before status.json: a run killed from here on can --resume (D32)
     with run_dir.recording_status():  # running -> complete | interrupted (stage, step) | failed
         return train_and_evaluate(run, run_dir, command)

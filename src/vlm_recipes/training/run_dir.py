@@ -31,22 +31,44 @@ from typing import Iterator
 
 import yaml
 
-from ..config import RecipeConfig, StageConfig, load_recipe, to_dict
+from ..config import RecipeConfig, StageConfig, load_saved_recipe, to_dict
 from ..errors import InputError, TrainingDiverged
 from ..evaluation.result import EvalResult
 from ..models.distributed import is_main_process
+from ..models.loading import MODEL_FILE_KEYS
+from ..readers import check_safetensors, check_torch_file
+from ..readers import read_json as read_json_strictly
+from .checkpoints import checkpoint_dirs, is_complete
 from .preemption import Interrupted
 
 LOCK_FILE, STATUS_FILE, BASE_EVAL_FILE, PROGRESS_FILE, RUN_INFO_FILE = (
     "run.lock", "status.json", "base_eval.json", "progress.json", "run_info.json")
+RUN_MARKERS = (STATUS_FILE, "config.yaml", RUN_INFO_FILE)
+"""A directory holding one of these (written first by every run) is a run of this project."""
+RUN_FOLDERS = {"model", "stages", "trainer", "wandb", "test_images"}
+RUN_SUFFIXES = {".json", ".png", ".md", ".yaml", ".lock", ".tmp", ".html"}
+"""What a run writes at its top level; anything else in a directory means it is not only a run."""
+REPAIR = "repair or delete that file, or start a new run in another --output-dir"
 
 
 class RunDir:
     """`path` as one run's directory; `resume`: the run already there goes on (its finished base
     evaluation and stages are read back, its first start's facts kept)."""
 
-    def __init__(self, path: Path, resume: bool = False):
-        self.path, self.resume = Path(path), resume
+    def __init__(self, path: Path, resume: bool = False, replaces: bool = False):
+        self.path, self.resume, self.replaces = Path(path), resume, replaces
+        """`replaces`: an earlier run is there (--overwrite), deleted by `clear_earlier` once the
+        new run's inputs (recipe, data, model) have all passed their checks."""
+
+    def clear_earlier(self) -> None:
+        """Delete the earlier run --overwrite replaces (never the lock), main process only. Called
+        only after the recipe, the data and the model have opened: bad input leaves it untouched."""
+        if not self.replaces or not is_main_process() or not self.path.is_dir():
+            return
+        for item in self.path.iterdir():
+            if item.name != LOCK_FILE:
+                shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        self.replaces = False
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -150,8 +172,8 @@ class RunDir:
         try:
             if note:
                 print(note, file=sys.stderr)
-            clear_for_run(path, overwrite, resume)
-            yield cls(path, resume)
+            replaces = check_for_run(path, overwrite, resume)
+            yield cls(path, resume, replaces)
         finally:
             release_lock(path)
             if created and path.is_dir() and not any(path.iterdir()):
@@ -162,7 +184,7 @@ def resumed_recipe(path: Path) -> RecipeConfig:
     """The recipe of the run in `path`, as it was trained (its config.yaml)."""
     if not (path / "config.yaml").is_file():
         raise InputError(f"--resume {path}: not a run directory (no config.yaml): nothing to resume")
-    return load_recipe(str(path / "config.yaml"))
+    return load_saved_recipe(path / "config.yaml", REPAIR)
 
 
 def run_facts(recipe: RecipeConfig, device: str, command: str, family: str, base_path: str) -> dict:
@@ -176,21 +198,86 @@ def run_facts(recipe: RecipeConfig, device: str, command: str, family: str, base
             "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
 
 
-def clear_for_run(path: Path, overwrite: bool, resume: bool) -> None:
-    """Under the lock: a resume needs an unfinished run there; a new run needs the directory empty,
-    or --overwrite, which deletes what is there (never a directory another process holds)."""
+def check_for_run(path: Path, overwrite: bool, resume: bool) -> bool:
+    """Under the lock, deleting nothing: a resume needs an unfinished run there whose files all read;
+    a new run needs the directory empty, or --overwrite and a run of this project there (returns
+    True: `RunDir.clear_earlier` deletes it once the new run's inputs are checked)."""
     earlier = [p for p in path.iterdir() if p.name != LOCK_FILE]
     if resume:
-        state = read_json(path / STATUS_FILE, {}).get("state")
-        if not (path / "config.yaml").is_file():  # written first: a run stopped after it can resume (D32)
-            raise InputError(f"--resume {path}: not a run directory (no config.yaml): nothing to resume")
-        if state == "complete":
-            raise InputError(f"--resume {path}: the run is already complete")
-        return
-    if earlier and not overwrite:
+        check_resumable(path)
+        return False
+    if not earlier:
+        return False
+    if not overwrite:
         raise InputError(f"--output-dir {path} already holds files; pass --overwrite, --resume, or another directory")
-    for item in earlier:
-        shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+    names = {p.name for p in earlier}
+    if not names & set(RUN_MARKERS):
+        raise InputError(f"--overwrite {path}: not a run directory (no {', '.join(RUN_MARKERS)}), so it is "
+                         "not deleted: pick another --output-dir, or empty it yourself")
+    foreign = sorted(p.name for p in earlier if not _is_run_entry(p))
+    if foreign:
+        raise InputError(f"--overwrite {path}: holds {foreign[0]!r}, which a run does not write, so it is not "
+                         "deleted: move that out, or pick another --output-dir")
+    return True
+
+
+def _is_run_entry(item: Path) -> bool:
+    if item.is_dir() and not item.is_symlink():
+        return item.name in RUN_FOLDERS
+    return item.suffix in RUN_SUFFIXES
+
+
+def check_resumable(path: Path) -> None:
+    """Every file a resume reads, read now (before any model loads): status.json, config.yaml,
+    run_info.json, base_eval.json, progress.json, and the checkpoints' state and weight headers.
+    Any corruption is one line naming the file."""
+    status = path / STATUS_FILE
+    if not (path / "config.yaml").is_file():  # written first (D32): without it nothing ever started here
+        raise InputError(f"--resume {path}: not a run directory (no config.yaml): nothing to resume")
+    # no status.json: the run was killed between its config.yaml and its first status (D32)
+    state = read_json_strictly(status, dict, REPAIR, keys={"state": str}).get("state") if status.is_file() else "new"
+    if state is None:
+        raise InputError(f"{status}: has no 'state': {REPAIR}")
+    if state == "complete":
+        raise InputError(f"--resume {path}: the run is already complete")
+    read_json_strictly(path / RUN_INFO_FILE, dict, REPAIR, default=None, required={"command": str},
+                       keys={"resumed": list})
+    base = read_json_strictly(path / BASE_EVAL_FILE, dict, REPAIR, default=None,
+                              keys={"metrics": dict, "predictions": list, "notes": dict, "shifted": (dict, type(None))})
+    if base is not None and ("metrics" not in base or set(base) - {"metrics", "predictions", "notes", "shifted"}):
+        raise InputError(f"{path / BASE_EVAL_FILE}: not a base evaluation (keys {sorted(base)}): {REPAIR}")
+    stages = read_json_strictly(path / PROGRESS_FILE, list, REPAIR, default=[])
+    if any(not isinstance(stage, dict) for stage in stages):
+        raise InputError(f"{path / PROGRESS_FILE}: every entry must be a stage's object {{...}}: {REPAIR}")
+    for checkpoint in sorted((path / "trainer").glob("*/checkpoint-*")):
+        if is_complete(checkpoint):  # a torn one is skipped (and named) when its stage resumes (D32)
+            check_checkpoint(checkpoint)
+    print(resume_point(path, state, len(stages)), file=sys.stderr)
+
+
+def resume_point(path: Path, state: str, finished: int) -> str:
+    """The line a resume prints: which stage and step (which checkpoint) it continues from."""
+    recipe = load_saved_recipe(path / "config.yaml", REPAIR)
+    if finished >= len(recipe.stages):
+        return f"resuming the {state} run in {path}: every stage trained; evaluating and writing its results"
+    stage = recipe.stages[finished]
+    steps = [int(p.name.split("-")[1]) for p in checkpoint_dirs(path / "trainer" / stage.name) if is_complete(p)]
+    where = (f"step {max(steps)} (trainer/{stage.name}/checkpoint-{max(steps)})" if steps
+             else "its start (no checkpoint was saved)")
+    return f"resuming the {state} run in {path}: stage {finished + 1}/{len(recipe.stages)} {stage.name!r} from {where}"
+
+
+def check_checkpoint(checkpoint: Path) -> None:
+    """A Trainer checkpoint a resume may continue from: its trainer_state.json and weights' headers."""
+    fix = f"delete {checkpoint} to resume from the one before it (or from the stage's start)"
+    read_json_strictly(checkpoint / "trainer_state.json", dict, fix, default=None,
+                       required={"global_step": int, "log_history": list})
+    for name in ("adapter_config.json", "config.json"):
+        read_json_strictly(checkpoint / name, dict, fix, default=None, required=MODEL_FILE_KEYS.get(name))
+    for weights in sorted(checkpoint.glob("*.safetensors")):
+        check_safetensors(weights, fix)
+    for state in sorted(p for p in checkpoint.iterdir() if p.suffix in (".pt", ".pth", ".bin")):
+        check_torch_file(state, fix)
 
 
 def acquire_lock(run_dir: Path) -> str | None:

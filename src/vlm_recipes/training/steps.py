@@ -4,6 +4,7 @@ run opened, a stage's model loaded and saved, the test splits evaluated, validat
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from ..evaluation.result import EvalResult
 from ..models.distributed import barrier, is_main_process, whole_state_dict
 from ..models.loading import Base, load_model, open_base
 from ..objectives import build_objective
+from .checks import check_prompt_length, check_validation_metrics, validation_note
 from .trainer import Validation
 
 
@@ -44,9 +46,14 @@ def open_run(recipe: RecipeConfig, device: str, report_to: list[str]) -> Run:
     base = open_base(recipe.model)
     recipe = with_pixel_budget(recipe, base.processor)
     objective = build_objective(recipe, base.processor, base.family)
+    check_prompt_length(recipe, base.processor)
     data = objective.load_data()
     check_validation_split(recipe, data["val"])
+    check_validation_metrics(recipe, data["val"], base)  # metric names vs the data's kind, before weights
     objective.prepare_run(device)
+    note = validation_note(recipe.data.num_val, len(data["val"]), len(data["train"]))
+    if note and is_main_process():  # once every input is checked: bad input stays one line
+        print(note, file=sys.stderr)
     return Run(recipe, base, objective, data, device, report_to)
 
 
