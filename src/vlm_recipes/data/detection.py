@@ -67,30 +67,22 @@ def load_detection_splits(source: str, train_split: str = "train", test_split: s
     negatives (answer: nothing); rows with their own `prompt` column are always kept.
     `coco_samples`, `coco_negative_rate`: how a COCO image becomes samples (data/coco.py).
     """
-    for name, value in (("max_train", max_train), ("max_test", max_test), ("max_side", max_side)):
-        if value is not None and value < 1:
-            raise InputError(f"{name}={value}: must be >= 1 (or None for no limit)")
+    _check_limits(max_train=max_train, max_test=max_test, max_side=max_side)
     coco = None if source == "synthetic" or source in SYNTHETIC_SCENES else find_coco(source)
     if coco is not None:
         if num_shifted:
             raise InputError(f"data.num_shifted={num_shifted}: COCO data has no out-of-domain split; set "
                              "data.num_shifted=0")
-        return {name: _coco_index(source, coco, split, limit, seed, max_side, coco_samples, coco_negative_rate)
-                for name, split, limit in (("train", train_split, max_train), ("test", test_split, max_test))}
+        splits = {"train": (train_split, max_train), "test": (test_split, max_test)}
+        return {name: _coco_index(source, coco, *split, seed, max_side, coco_samples, coco_negative_rate)
+                for name, split in splits.items()}
     base_dir = Path.cwd()
     if source == "synthetic" or source in SYNTHETIC_SCENES:
         # rows are i.i.d. and row i does not depend on the count: generating fewer is the same as
         # subsampling, only faster
-        n_train = min(num_train, max_train or num_train)
-        n_test = min(num_test, max_test or num_test)
-        arguments = dict(n_train=n_train, n_test=n_test, seed=seed, n_shifted=num_shifted)
-        if source == "synthetic":
-            dd = cached_dataset("nutrition", Path(synthetic.__file__), arguments,
-                                lambda: make_nutrition_dataset(**arguments))
-        else:
-            arguments["kind"] = source.removeprefix("synthetic-")
-            dd = cached_dataset(source, Path(scenes.__file__), arguments, lambda: scenes.make_scene_dataset(**arguments))
-        splits = undecoded(dd)
+        counts = dict(n_train=min(num_train, max_train or num_train), n_test=min(num_test, max_test or num_test),
+                      n_shifted=num_shifted)
+        splits = undecoded(generated(source, seed, **counts))
     else:
         opened = open_source(source)
         splits, base_dir = opened.splits, opened.base_dir
@@ -100,6 +92,22 @@ def load_detection_splits(source: str, train_split: str = "train", test_split: s
     if num_shifted:
         out["shifted"] = _convert(reading, splits, "shifted", num_shifted, seed)
     return out
+
+
+def _check_limits(**limits) -> None:
+    for name, value in limits.items():
+        if value is not None and value < 1:
+            raise InputError(f"{name}={value}: must be >= 1 (or None for no limit)")
+
+
+def generated(source: str, seed: int, **counts):
+    """The generated dataset `source` (synthetic, synthetic-multi, synthetic-refer), from the cache
+    when it was generated before with the same arguments."""
+    arguments = dict(counts, seed=seed)
+    if source == "synthetic":
+        return cached_dataset("nutrition", Path(synthetic.__file__), arguments, lambda: make_nutrition_dataset(**arguments))
+    arguments["kind"] = source.removeprefix("synthetic-")
+    return cached_dataset(source, Path(scenes.__file__), arguments, lambda: scenes.make_scene_dataset(**arguments))
 
 
 def _coco_index(source: str, coco: dict, split: str, limit: int | None, seed: int, max_side: int | None,
