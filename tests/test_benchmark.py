@@ -132,7 +132,8 @@ def test_variable_sizes_spread_the_images_within_the_budget_and_scale_the_boxes(
 
     from vlm_recipes.data.detection import DetectionSample
 
-    samples = [DetectionSample(Image.new("RGB", (200, 100)), (20.0, 10.0, 100.0, 50.0), 200, 100, f"s{i}")
+    samples = [DetectionSample(Image.new("RGB", (200, 100)), (("nutrition table", (20.0, 10.0, 100.0, 50.0)),), 200, 100,
+                               f"s{i}")
                for i in range(40)]
     resized = variable_sizes(samples, 3136, 25600, seed=0)
     areas = [s.width * s.height for s in resized]

@@ -339,9 +339,9 @@ def variable_sizes(samples: list, min_pixels: int, max_pixels: int, seed: int) -
         aspect = rng.choice(ASPECTS)
         width, height = max(28, round(math.sqrt(area * aspect))), max(28, round(math.sqrt(area / aspect)))
         sx, sy = width / sample.width, height / sample.height
-        x1, y1, x2, y2 = sample.box
+        objects = tuple((label, (x1 * sx, y1 * sy, x2 * sx, y2 * sy)) for label, (x1, y1, x2, y2) in sample.objects)
         out.append(dataclasses.replace(sample, image=sample.image.resize((width, height)), width=width, height=height,
-                                       box=(x1 * sx, y1 * sy, x2 * sx, y2 * sy)))
+                                       objects=objects))
     return out
 
 

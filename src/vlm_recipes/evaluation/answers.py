@@ -114,7 +114,7 @@ def set_result(samples: list[GroundingSample], answers: list[list], texts: list[
                           [s.label for s in samples], [s.task for s in samples], scores)
     predictions = [{"image_id": s.image_id, "prompt": s.prompt, "task": s.task,
                     "target": [[label, list(box)] for label, box in s.objects],
-                    "predicted": [[label, list(box)] for label, box in a], "text": t, "score": round(c, 4)}
+                    "predicted": [[label, reported_box(box)] for label, box in a], "text": t, "score": round(c, 4)}
                    for s, a, t, c in zip(samples, answers, texts, scores)]
     return EvalResult(metrics, predictions)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..config import RecipeConfig
 from ..errors import InputError
 from ..evaluation.answers import detection_view
-from ..evaluation.detection import detection_metrics
+from ..evaluation.detection import detection_metrics, set_metrics
 from ..evaluation.result import flatten, pick_metric
 from ..evaluation.retrieval import METRIC_NAMES, directions
 from ..models.embedding import default_dims
@@ -43,9 +43,12 @@ def reported_metrics(recipe: RecipeConfig, samples: list, base) -> dict:
         if forward == "t2v":
             tree["order"] = {str(d): 0.0 for d in dims}
         return tree
-    if all(detection_view(s, base.family, base.processor) is not None for s in samples):
+    views = [detection_view(s, base.family, base.processor) for s in samples]
+    if any(view is None for view in views):
+        return {"exact_match": 0.0, "n": 0.0}
+    if all(view.single_box for view in views):  # as score_answers: single-box metrics, else set metrics
         return {name: 0.0 for name in detection_metrics([None], [(0.0, 0.0, 1.0, 1.0)])}
-    return {"exact_match": 0.0, "n": 0.0}
+    return set_metrics([[] for _ in views], [v.boxes for v in views], [v.label for v in views], [v.task for v in views])
 
 
 def hidden_size_of(path: str) -> int:
