@@ -20,7 +20,7 @@ from headless_chromium import Browser, chromium_path
 from vlm_recipes.cli.compare import main as compare
 from vlm_recipes.cli.main import main as cli
 from vlm_recipes.cli.train import main as train
-from vlm_recipes.evaluation import gallery
+from vlm_recipes.evaluation import gallery, matching
 from vlm_recipes.evaluation.detection import box_iou
 from vlm_recipes.evaluation.report import PAGE_SIZE, write_report
 
@@ -71,7 +71,7 @@ def test_pairwise_iou_equals_box_iou():
     a = np.sort(rng.uniform(0, 100, (6, 2, 2)), axis=1).transpose(0, 2, 1).reshape(6, 4)[:, [0, 2, 1, 3]]
     b = np.concatenate([a[:2], [[5, 5, 5, 9]]])  # a degenerate box scores 0
     expected = [[box_iou(list(x), list(y)) for y in b] for x in a]
-    assert np.allclose(gallery.pairwise_iou(a, b), expected)
+    assert np.allclose(matching.pairwise_iou(a, b), expected)
 
 
 def test_different_test_sets_are_named():

@@ -10,13 +10,12 @@ from __future__ import annotations
 import statistics
 from typing import Sequence
 
-import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torchmetrics.detection import MeanAveragePrecision
 
 from ..boxes import Box
 from ..errors import InputError
+from .matching import match_by_iou
 
 
 def box_iou(a: Box, b: Box) -> float:
@@ -109,11 +108,7 @@ def match_boxes(predicted: Sequence[Box], true: Sequence[Box]) -> list[tuple[int
     """One-to-one matching of predicted to true boxes that maximises the summed IoU (Hungarian,
     scipy's linear_sum_assignment): (predicted index, true index, IoU) per pair, pairs that do not
     overlap dropped. Position in the answer plays no part."""
-    if not predicted or not true:
-        return []
-    iou = np.array([[box_iou(p, t) for t in true] for p in predicted])
-    rows, cols = linear_sum_assignment(iou, maximize=True)
-    return [(int(r), int(c), float(iou[r, c])) for r, c in zip(rows, cols) if iou[r, c] > 0]
+    return [pair for pair in match_by_iou(predicted, true) if pair[2] > 0]
 
 
 def image_counts(predicted: Sequence[Box], true: Sequence[Box]) -> dict[str, float]:

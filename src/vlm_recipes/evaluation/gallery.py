@@ -22,8 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
-from scipy.optimize import linear_sum_assignment
+from .matching import match_by_iou
 
 KINDS = ("no_parse", "wrong_label", "iou_below_0.5", "missed_object", "extra_box", "false_positive_on_negative")
 RETRIEVAL_KINDS = ("wrong_top1", "positive_not_in_top5", "positive_not_in_top10")
@@ -84,27 +83,9 @@ def predicted_objects(row: dict) -> list[Object]:
     return objects_of(row.get("predicted"), row.get("predicted_label"))
 
 
-def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every xyxy box in a (N, 4) with every one in b (M, 4): (N, M); 0 for degenerate boxes.
-    The same values as detection.box_iou, vectorised, without importing torch (the report command
-    stays fast to start)."""
-    width = (np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])).clip(min=0)
-    height = (np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])).clip(min=0)
-    inter = width * height
-    area_a = ((a[:, 2] - a[:, 0]).clip(min=0) * (a[:, 3] - a[:, 1]).clip(min=0))[:, None]
-    area_b = ((b[:, 2] - b[:, 0]).clip(min=0) * (b[:, 3] - b[:, 1]).clip(min=0))[None, :]
-    union = area_a + area_b - inter
-    valid = (area_a > 0) & (area_b > 0)
-    return np.where(valid, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
 def match(truth: list[Object], predicted: list[Object]) -> list[tuple[int, int, float]]:
     """(true index, predicted index, IoU) pairs of the one-to-one matching with the largest total IoU."""
-    if not truth or not predicted:
-        return []
-    ious = pairwise_iou(np.array([t.box for t in truth]), np.array([p.box for p in predicted]))  # (true, predicted)
-    rows, cols = linear_sum_assignment(ious, maximize=True)
-    return [(int(r), int(c), float(ious[r, c])) for r, c in zip(rows, cols)]
+    return match_by_iou([t.box for t in truth], [p.box for p in predicted])
 
 
 def same_label(a: str | None, b: str | None) -> bool:
