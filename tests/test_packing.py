@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from grad_checks import assert_same_gradients, grads
-from vlm_recipes.config import VideoConfig, load_recipe
+from vlm_recipes.config import TrainConfig, VideoConfig, load_recipe
 from vlm_recipes.data.packing import pack_batch, plan_rows
 from vlm_recipes.data.video import Clip
 from vlm_recipes.errors import InputError
@@ -19,7 +19,7 @@ from vlm_recipes.models.embedding import video_inputs
 from vlm_recipes.models.loading import apply_stage, load_model, load_processor
 from vlm_recipes.models.varlen_attention import packed_sdpa_attention
 from vlm_recipes.objectives.sft import token_mean_loss
-from vlm_recipes.training.packing import rope_index_of
+from vlm_recipes.training.packing import packing_attention, rope_index_of
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 MODES = {"padding_free": None, "packed": 140}  # 140 tokens a row: the 4 samples go into 2 or 3 rows
@@ -130,17 +130,22 @@ def recorded_sdpa_calls(monkeypatch) -> list[dict]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_packed_rows_take_the_per_sample_causal_kernel_and_other_batches_plain_sdpa(lora_models, family, monkeypatch):
-    """Under `packed_sdpa_attention` each sample of a padding-free row is its own causal SDPA call
-    with no mask (the O(sum L^2) path); without it transformers' SDPA gets a dense row-wide mask; a
-    padded batch inside the block still gets its padding mask, and the switch is undone on exit."""
+    """In a packing stage's training loop (`packing_attention`, as train_stage runs it) each sample
+    of a padding-free row is its own causal SDPA call with no mask (the O(sum L^2) path); without it
+    transformers' SDPA gets a dense row-wide mask; a padded batch inside the loop still gets its
+    padding mask; train.packing=none switches nothing, and the switch is undone on exit."""
     model, processor = lora_models[family]
     batch = mixed_batch(processor)
     packed = pack_batch(batch, rope_index_of(model), None)
     lengths, width = batch["attention_mask"].sum(1).tolist(), packed["input_ids"].shape[1]
     layers = model.config.get_text_config().num_hidden_layers
     calls = recorded_sdpa_calls(monkeypatch)
+    text_config = model.config.get_text_config()
+    with packing_attention(model, TrainConfig()):  # train.packing=none: nothing switched
+        assert text_config._attn_implementation == "sdpa"
     with torch.no_grad():
-        with packed_sdpa_attention(model):
+        with packing_attention(model, TrainConfig(packing="padding_free")):  # as train_stage trains
+            assert text_config._attn_implementation == "packed_sdpa"
             model(**{k: v for k, v in packed.items() if k != "labels"})
             text = [c for c in calls if c["causal"]]
             assert [c["tokens"] for c in text] == lengths * layers and all(c["mask"] is None for c in text)
@@ -148,7 +153,7 @@ def test_packed_rows_take_the_per_sample_causal_kernel_and_other_batches_plain_s
             model(**{k: v for k, v in batch.items() if k != "labels"})  # padded: transformers' SDPA, its mask
             assert sum(c["mask"] == (4, 1, batch["input_ids"].shape[1], batch["input_ids"].shape[1])
                        for c in calls) == layers
-        assert model.config.get_text_config()._attn_implementation == "sdpa"
+        assert text_config._attn_implementation == "sdpa"
         calls.clear()
         model(**{k: v for k, v in packed.items() if k != "labels"})  # stock SDPA: one dense block-diagonal mask
         assert sum(c["mask"] == (1, 1, width, width) for c in calls) == layers

@@ -34,18 +34,18 @@ NAME = "packed_sdpa"
 
 
 def packed_sdpa_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                        attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None,
-                        is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
-    """transformers' attention signature; query (rows, heads, tokens, dim) -> (rows, tokens, heads, dim)."""
-    segments = _sample_lengths(query, key, attention_mask, position_ids, is_causal, module)
+                        attention_mask: torch.Tensor | None, **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' attention signature (`position_ids`, `is_causal` come in `kwargs`);
+    query (rows, heads, tokens, dim) -> (rows, tokens, heads, dim)."""
+    segments = _sample_lengths(query, key, attention_mask, kwargs.get("position_ids"), kwargs.get("is_causal"), module)
     if segments is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, position_ids=position_ids,
-                                      is_causal=is_causal, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    per_sample = {**kwargs, "is_causal": True}
     rows = []
     for row, lengths in enumerate(segments):
         pieces = zip(*(t[row:row + 1].split(lengths, dim=2) for t in (query, key, value)))
-        rows.append(torch.cat([sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)[0]
-                               for q, k, v in pieces], dim=1))
+        rows.append(torch.cat([sdpa_attention_forward(module, q, k, v, None, **per_sample)[0] for q, k, v in pieces],
+                              dim=1))
     return torch.cat(rows), None
 
 
