@@ -253,9 +253,10 @@ def image_token_id(processor) -> int:
     return processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
 
 
-BATCHING = {"padded": [], "padding_free": ["train.packing=padding_free"], "packed": ["train.packing=packed"],
-            "group_by_length": ["train.group_by_length=true"]}
-"""The project's rows: how its SFT batches are built (train.packing, train.group_by_length; D31)."""
+BATCHING = {"padded": [], "padding_free": ["stages.0.train.packing=padding_free"],
+            "packed": ["stages.0.train.packing=packed"], "group_by_length": ["stages.0.train.group_by_length=true"]}
+"""The project's rows: how its SFT batches are built (train.packing, train.group_by_length; D31). The
+first stage only, the one the benchmark trains (r5's second stage, GRPO, refuses packing)."""
 
 
 def benchmark_training(recipe_name: str, overrides: list[str], steps: int, repeats: int, device: str, warmup: int,
