@@ -143,6 +143,17 @@ def test_variable_sizes_spread_the_images_within_the_budget_and_scale_the_boxes(
         assert s.box[2] / s.width == pytest.approx(0.5) and s.box[3] / s.height == pytest.approx(0.5)
 
 
+
+def test_variable_data_trains_under_a_photo_sized_budget_that_a_set_overrides():
+    from vlm_recipes.benchmark import data_overrides
+    from vlm_recipes.config import load_recipe
+
+    assert data_overrides("default") == []
+    model = load_recipe("r4-joint", data_overrides("variable")).model
+    assert (model.min_pixels, model.max_pixels) == (32768, 655360)  # 32-640 tokens of 32x32 px
+    assert load_recipe("r4-joint", data_overrides("variable") + ["model.max_pixels=100000"]).model.max_pixels == 100000
+
+
 def test_batches_built_before_training_are_not_counted():
     """Length grouping encodes every sample once before training; the step clock restarts the counts."""
     counter = CountingCollator(lambda s: {"input_ids": torch.ones(1, 3), "attention_mask": torch.ones(1, 3)}, 0)

@@ -11,14 +11,15 @@ import torch
 from PIL import Image
 
 from grad_checks import assert_same_gradients, grads
-from vlm_recipes.config import VideoConfig, load_recipe
+from vlm_recipes.config import TrainConfig, VideoConfig, load_recipe
 from vlm_recipes.data.packing import pack_batch, plan_rows
 from vlm_recipes.data.video import Clip
 from vlm_recipes.errors import InputError
 from vlm_recipes.models.embedding import video_inputs
 from vlm_recipes.models.loading import apply_stage, load_model, load_processor
+from vlm_recipes.models.varlen_attention import packed_sdpa_attention
 from vlm_recipes.objectives.sft import token_mean_loss
-from vlm_recipes.training.packing import rope_index_of
+from vlm_recipes.training.packing import packing_attention, rope_index_of
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 MODES = {"padding_free": None, "packed": 140}  # 140 tokens a row: the 4 samples go into 2 or 3 rows
@@ -104,13 +105,58 @@ def test_packed_batch_equals_the_padded_one(lora_models, family, mode):
     if mode == "packed":
         assert len(rows) > 1 and packed["input_ids"].shape[1] <= MODES[mode]
     padded_logits, padded_loss, padded_grads = forward_backward(model, batch)
-    packed_logits, packed_loss, packed_grads = forward_backward(model, packed)
+    with packed_sdpa_attention(model) as switched:  # as training runs it: per-sample SDPA (D31)
+        assert switched
+        packed_logits, packed_loss, packed_grads = forward_backward(model, packed)
     gap = largest_logit_gap(real_token_logits(padded_logits, batch), real_token_logits(packed_logits, batch, rows))
     assert gap < LOGIT_TOLERANCE, gap
     assert padded_grads and any("visual" in name for name in padded_grads)  # vision LoRA is trained too
     assert_same_gradients(padded_loss, packed_loss, padded_grads, packed_grads)
     # the same supervised tokens, none of them a sample's first (no target crosses a boundary)
     assert int((packed["labels"] != -100).sum()) == int((batch["labels"][..., 1:] != -100).sum())
+
+
+def recorded_sdpa_calls(monkeypatch) -> list[dict]:
+    """Every scaled_dot_product_attention call from here on: query length, mask shape, is_causal."""
+    calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def record(query, key, value, attn_mask=None, is_causal=False, **kwargs):
+        calls.append({"tokens": query.shape[2], "mask": None if attn_mask is None else tuple(attn_mask.shape),
+                      "causal": is_causal})
+        return sdpa(query, key, value, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", record)
+    return calls
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_rows_take_the_per_sample_causal_kernel_and_other_batches_plain_sdpa(lora_models, family, monkeypatch):
+    """In a packing stage's training loop (`packing_attention`, as train_stage runs it) each sample
+    of a padding-free row is its own causal SDPA call with no mask (the O(sum L^2) path); without it
+    transformers' SDPA gets a dense row-wide mask; a padded batch inside the loop still gets its
+    padding mask; train.packing=none switches nothing, and the switch is undone on exit."""
+    model, processor = lora_models[family]
+    batch = mixed_batch(processor)
+    packed = pack_batch(batch, rope_index_of(model), None)
+    lengths, width = batch["attention_mask"].sum(1).tolist(), packed["input_ids"].shape[1]
+    layers = model.config.get_text_config().num_hidden_layers
+    calls = recorded_sdpa_calls(monkeypatch)
+    text_config = model.config.get_text_config()
+    with packing_attention(model, TrainConfig()):  # train.packing=none: nothing switched
+        assert text_config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        with packing_attention(model, TrainConfig(packing="padding_free")):  # as train_stage trains
+            assert text_config._attn_implementation == "packed_sdpa"
+            model(**{k: v for k, v in packed.items() if k != "labels"})
+            text = [c for c in calls if c["causal"]]
+            assert [c["tokens"] for c in text] == lengths * layers and all(c["mask"] is None for c in text)
+            calls.clear()
+            model(**{k: v for k, v in batch.items() if k != "labels"})  # padded: transformers' SDPA, its mask
+            assert sum(c["mask"] == (4, 1, batch["input_ids"].shape[1], batch["input_ids"].shape[1])
+                       for c in calls) == layers
+        assert text_config._attn_implementation == "sdpa"
+        calls.clear()
+        model(**{k: v for k, v in packed.items() if k != "labels"})  # stock SDPA: one dense block-diagonal mask
+        assert sum(c["mask"] == (1, 1, width, width) for c in calls) == layers
 
 
 def continuing_positions(model, packed: dict) -> torch.Tensor:
@@ -138,7 +184,8 @@ def test_the_check_catches_positions_that_are_not_per_sample(lora_models, family
                               else text_only_positions(packed))
     with torch.no_grad():
         padded_logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        packed_logits = model(**{k: v for k, v in packed.items() if k != "labels"}).logits
+        with packed_sdpa_attention(model):
+            packed_logits = model(**{k: v for k, v in packed.items() if k != "labels"}).logits
     gap = largest_logit_gap(real_token_logits(padded_logits, batch), real_token_logits(packed_logits, batch, [[0, 1, 2, 3]]))
     assert gap > 100 * LOGIT_TOLERANCE, gap
 

@@ -253,20 +253,22 @@ def image_token_id(processor) -> int:
     return processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
 
 
-BATCHING = {"padded": [], "padding_free": ["train.packing=padding_free"], "packed": ["train.packing=packed"],
-            "group_by_length": ["train.group_by_length=true"]}
-"""The project's rows: how its SFT batches are built (train.packing, train.group_by_length; D31)."""
+BATCHING = {"padded": [], "padding_free": ["stages.0.train.packing=padding_free"],
+            "packed": ["stages.0.train.packing=packed"], "group_by_length": ["stages.0.train.group_by_length=true"]}
+"""The project's rows: how its SFT batches are built (train.packing, train.group_by_length; D31). The
+first stage only, the one the benchmark trains (r5's second stage, GRPO, refuses packing)."""
 
 
 def benchmark_training(recipe_name: str, overrides: list[str], steps: int, repeats: int, device: str, warmup: int,
                        trl_defaults_row: bool = True, modes: tuple[str, ...] = ("padded",),
-                       data: str = "default") -> dict:
+                       data: str = "default", cpu_memory: bool = True) -> dict:
     """Project (one row per batching mode) vs TRL (aligned masks), alternating within each repeat
     so that drift in the machine's speed hits all alike; plus one TRL run with its own defaults.
     `data`: "default" (the recipe's rows) or "variable" (`variable_sizes`). Peak memory: CUDA's
-    allocator peak of each run, or on CPU the peak RSS of a fresh process per row."""
+    allocator peak of each run, or on CPU (`cpu_memory`) the peak RSS of a fresh process per row."""
+    overrides = data_overrides(data) + list(overrides)
     recipe = with_steps(load_recipe(recipe_name, overrides), steps)
-    objective, samples = training_samples(recipe, steps, data)
+    objective, samples = training_samples(recipe, steps, data)  # TRL gets the same rows and `objective.processor`
     dataset = trl_dataset(samples, recipe, objective)
     stored = trl_dataset(samples, recipe, objective, in_memory=False)  # TRL's defaults: images as a hub dataset
     recipes = {mode: with_steps(load_recipe(recipe_name, overrides + BATCHING[mode]), steps) for mode in modes}
@@ -294,13 +296,18 @@ def benchmark_training(recipe_name: str, overrides: list[str], steps: int, repea
     if defaults is not None:
         result["trl_sft_defaults"] = {k: v for k, v in defaults.items() if k != "losses"}
         result["ratio_vs_trl_defaults"] = first["samples_per_s"] / defaults["samples_per_s"]
-    if device == "cpu":
+    if device == "cpu" and cpu_memory:
         probes = [(rows[mode], "project", BATCHING[mode]) for mode in modes] + [(trl_s, "trl", [])]
         if defaults is not None:
             probes.append((result["trl_sft_defaults"], "trl-defaults", []))
         for row, trainer, extra in probes:
             row["peak_mem_mb"] = peak_rss_of_a_fresh_process(trainer, recipe_name, overrides + extra, steps, device, data)
     return result
+
+
+def data_overrides(data: str) -> list[str]:
+    """Recipe overrides that go with the training rows: variable data under a photo-sized budget."""
+    return list(VARIABLE_BUDGET) if data == "variable" else []
 
 
 def loss_differences(row: dict, reference: dict) -> dict:
@@ -321,9 +328,13 @@ def training_samples(recipe: RecipeConfig, steps: int, data: str):
     return objective, samples
 
 
-VARIABLE_SIZES = ("half the images as photos larger than the pixel budget, scaled down to it (area = max_pixels); "
-                  "half with an area log-uniform in [min_pixels, max_pixels]; aspect ratio (w:h) uniform over "
-                  "1:2, 9:16, 3:4, 1:1, 4:3, 16:9, 2:1; seeded by the recipe's seed")
+VARIABLE_BUDGET = ("model.min_pixels=32768", "model.max_pixels=655360")
+"""The processor's pixel budget for `--data variable` (before the user's --set): 32 to 640 image tokens
+of 32x32 px (Qwen3-VL; 42 to 836 of 28x28 px for Qwen2/2.5-VL), the range of photos under a real
+budget. The tiny bases take any size; their own budget (at most 25 tokens) has no spread to speak of."""
+VARIABLE_SIZES = ("photos under a pixel budget of 32,768-655,360 px (32-640 image tokens of 32x32 px): image area "
+                  "log-uniform in [min_pixels, max_pixels], aspect ratio (w:h) uniform over 1:2, 9:16, 3:4, 1:1, "
+                  "4:3, 16:9, 2:1; seeded by the recipe's seed; the same images and processor budget for every row")
 ASPECTS = (1 / 2, 9 / 16, 3 / 4, 1.0, 4 / 3, 16 / 9, 2.0)
 
 
@@ -335,7 +346,7 @@ def variable_sizes(samples: list, min_pixels: int, max_pixels: int, seed: int) -
 
     rng, out = random.Random(seed), []
     for sample in samples:
-        area = max_pixels if rng.random() < 0.5 else math.exp(rng.uniform(math.log(min_pixels), math.log(max_pixels)))
+        area = math.exp(rng.uniform(math.log(min_pixels), math.log(max_pixels)))
         aspect = rng.choice(ASPECTS)
         width, height = max(28, round(math.sqrt(area * aspect))), max(28, round(math.sqrt(area / aspect)))
         sx, sy = width / sample.width, height / sample.height

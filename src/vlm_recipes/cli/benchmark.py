@@ -40,10 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encode-images", type=int, default=256, help="images the mrl encoder embeds (default 256)")
     p.add_argument("--data", choices=["default", "variable"], default="default", help="training rows: the "
                    "recipe's own, or the same rows with image sizes spread like photos under the pixel budget "
-                   "(half at the budget, half log-uniform in area, aspect 1:2 to 2:1; benchmark.VARIABLE_SIZES)")
+                   "(area log-uniform in 32,768-655,360 px, i.e. 32-640 image tokens, set as model.min/max_pixels; aspect "
+                   "1:2 to 2:1; benchmark.VARIABLE_SIZES)")
     p.add_argument("--modes", help="the project's batching rows, comma-separated (train.packing / "
                    f"train.group_by_length): default {','.join(MODES)}; --smoke: padded,packed")
     p.add_argument("--train-only", action="store_true", help="skip the evaluation and encoding measurements")
+    p.add_argument("--no-memory", action="store_true", help="on CPU, skip the peak-RSS probes (a fresh process "
+                   "that trains again per row; halves the run time)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--no-4bit", action="store_true", help="train without the recipe's 4-bit quantization")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field, as "
@@ -98,7 +101,7 @@ def run(args) -> int:
                              "TRL's SFTTrainer needs an SFT recipe (r1-llm-only ... r4-joint)")
         result["train"][name] = bench.benchmark_training(name, overrides, args.steps, args.repeats, args.device,
                                                          args.warmup, trl_defaults_row=not args.smoke,
-                                                         modes=modes, data=args.data)
+                                                         modes=modes, data=args.data, cpu_memory=not args.no_memory)
     if args.train_only:
         return write_result(args, result)
     eval_recipe = load_recipe("r4-joint", recipe_overrides(args, "r4-joint")

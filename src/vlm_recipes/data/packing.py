@@ -8,6 +8,8 @@ Every sample keeps exactly what it had alone in the padded batch:
     `attention_mask` is left out. transformers' Qwen-VL text models then build the causal mask per
     sample from it (block-diagonal for SDPA/eager, `masking_utils.find_packed_sequence_indices`)
     or, under FlashAttention-2 with one row, its varlen kernel (`cu_seqlens` from the positions);
+    a packing stage trains SDPA models with `models.varlen_attention` instead, which cuts the rows
+    at the same restarts and runs causal SDPA per sample (no dense mask);
   - its label mask.
 `use_cache=False` goes with the batch: with a KV cache the mask ignores the packing. A sample's first label becomes -100: with several samples in a row, the
     previous sample's last token would otherwise be trained to predict it. In the padded batch

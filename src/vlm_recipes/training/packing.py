@@ -10,8 +10,11 @@ and the collator looks the samples up.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from ..config import TrainConfig
 from ..data.packing import pack_batch
+from ..models.varlen_attention import packed_sdpa_attention
 
 
 def rope_index_of(model):
@@ -68,6 +71,12 @@ def batching_inputs(inputs: dict, model, train: TrainConfig) -> dict:
         collate = PackingCollator(collate, rope_index_of(model), train, pad_id)
     inputs["data_collator"] = collate
     return inputs
+
+
+def packing_attention(model, train: TrainConfig):
+    """The context a stage trains in: packed rows under SDPA attend per sample (`packed_sdpa`,
+    sum(L_i^2) instead of a dense block-diagonal mask); FlashAttention-2 has its own varlen path."""
+    return packed_sdpa_attention(model) if train.packing != "none" else nullcontext()
 
 
 def sampling_arguments(train: TrainConfig) -> dict:

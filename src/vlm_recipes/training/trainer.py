@@ -30,7 +30,7 @@ from ..models.distributed import (
 )
 from ..models.loading import part_of
 from .checkpoints import CompleteCheckpoints, ends_its_stage, newest_complete, take_back_finished_stage
-from .packing import batching_inputs, sampling_arguments
+from .packing import batching_inputs, packing_attention, sampling_arguments
 from .preemption import Interrupted, StopOnSignal, training_phase
 
 LOSS_POINTS = 5
@@ -227,7 +227,7 @@ def train_stage(model, stage: StageConfig, objective, train_data: list, output_d
     if checkpoint is not None and ends_its_stage(checkpoint) and launch_strategy() != "fsdp":
         take_back_finished_stage(trainer, checkpoint)  # Trainer would train one step more (D32)
     else:
-        with training_phase() as stop, without_kv_cache(model):
+        with training_phase() as stop, without_kv_cache(model), packing_attention(model, stage.train):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if stop is not None and stop.received is not None:
             raise Interrupted(stop.received, stage.name, trainer.state.global_step)
