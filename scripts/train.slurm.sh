@@ -51,7 +51,7 @@ if [[ -z "$GPUS" ]]; then
   GPUS="${SLURM_GPUS_ON_NODE:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)}"
 fi
 [[ "$GPUS" =~ ^[1-9][0-9]*$ ]] || die "could not tell the GPUs per node ('$GPUS'): pass --gpus-per-node"
-MASTER="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}"
+MASTER="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)}"
 
 if [[ -n "${PYTHON:-}" ]]; then PY="$PYTHON"
 elif [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"

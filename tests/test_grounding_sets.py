@@ -20,6 +20,7 @@ from vlm_recipes.evaluation.leaderboard import leaderboard_for, to_markdown
 from vlm_recipes.families import get_family
 from vlm_recipes.models.loading import open_base
 from vlm_recipes.objectives import build_objective
+from vlm_recipes.objectives.grounding import answer_for
 
 SET_KEYS = {"precision", "recall", "f1", "matched_iou", "count_error", "map", "map50", "per_category", "n"}
 
@@ -90,3 +91,23 @@ def test_conversations_whose_answers_are_boxes_get_set_metrics():
     result = score_answers(samples, [two, "[]"], [1.0, 1.0], family, processor)
     assert result.metrics["f1"] == pytest.approx(1.0) and result.metrics["negative_empty"] == 1.0
     assert "exact_match" not in result.metrics
+
+
+def test_the_training_data_decides_how_every_split_is_scored():
+    """A validation split of a few synthetic-multi rows may hold one box each by chance; it is still
+    scored (and metric_for_best checked) by set metrics, because the training rows are sets. The
+    default nutrition-table data keeps single-box metrics."""
+    kinds = {}
+    for dataset in ("synthetic-multi", "synthetic"):
+        recipe = load_recipe("r4-joint", [f"data.dataset={dataset}", "data.num_train=30", "data.num_test=4"])
+        tiny = open_base(recipe.model)
+        objective = build_objective(recipe, tiny.processor, tiny.family)
+        data = objective.load_data()
+        one_box = [s for s in data["train"] if s.single_box][:2]
+        assert len(one_box) == 2
+        texts = [answer_for(s, tiny.family, None, tiny.processor) for s in one_box]
+        evaluator = objective.evaluator()  # as a run builds it, after the data loaded
+        kinds[dataset] = set(score_answers(one_box, texts, [1.0, 1.0], tiny.family, tiny.processor,
+                                           evaluator.sets).metrics)
+    assert "f1" in kinds["synthetic-multi"] and "mean_iou" not in kinds["synthetic-multi"]
+    assert "mean_iou" in kinds["synthetic"] and "f1" not in kinds["synthetic"]

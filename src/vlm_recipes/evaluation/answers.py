@@ -30,8 +30,11 @@ DETECTION_COLUMNS = [("mean_iou", "mean IoU"), ("median_iou", "median IoU"), ("d
 
 
 class AnswerEvaluator:
-    def __init__(self, generate: Generate, processor, family, num_plot: int = 8, batch_size: int = 16):
+    def __init__(self, generate: Generate, processor, family, num_plot: int = 8, batch_size: int = 16,
+                 sets: bool | None = None):
         self.generate, self.processor, self.family, self.num_plot = generate, processor, family, num_plot
+        self.sets = sets
+        """Score every split by set metrics (True), single-box metrics (False) or as its rows are (None)."""
         self.batch_size = batch_size
         """The batch `generate` runs: each process of several generates whole batches of it."""
 
@@ -39,7 +42,7 @@ class AnswerEvaluator:
         """With several processes each generates 1/N of the batches; all score the gathered answers."""
         answers = map_sharded(lambda part: list(zip(*self.generate(model, part, desc))), samples, self.batch_size)
         texts, scores = [text for text, _ in answers], [score for _, score in answers]
-        return score_answers(samples, texts, scores, self.family, self.processor)
+        return score_answers(samples, texts, scores, self.family, self.processor, self.sets)
 
     def summary(self, metrics: dict, finetuned: EvalResult) -> str:
         if "mean_iou" in metrics["finetuned"]:
@@ -78,19 +81,27 @@ def detection_view(sample, family, processor) -> GroundingSample | None:
     return GroundingSample(image, objects, *image.size, sample.image_id, prompt="", label=label)
 
 
-def score_answers(samples: list, texts: list[str], scores: list[float], family, processor) -> EvalResult:
+def score_answers(samples: list, texts: list[str], scores: list[float], family, processor,
+                  sets: bool | None = None) -> EvalResult:
     """Today's single-box metrics when every sample is one object asked by category; set metrics when
-    the references are boxes of another shape; exact match otherwise."""
+    the references are boxes of another shape (or `sets`: the training data's kind decides); exact
+    match otherwise."""
     views = [detection_view(s, family, processor) for s in samples]
     if all(v is not None for v in views):
         found = [answer_boxes(text, v.width, v.height, family, processor) for v, text in zip(views, texts)]
-        if all(v.single_box for v in views):  # the first box, and the label it was given (report: wrong label)
+        if single_box_metrics(views, sets):  # the first box, and the label it was given (report: wrong label)
             boxes, labels = [f[0][1] if f else None for f in found], [f[0][0] if f else None for f in found]
             return detection_result(views, boxes, texts, scores, labels)
         return set_result(views, found, texts, scores)
     hits = [text.strip() == s.answer.strip() for s, text in zip(samples, texts)]
     return EvalResult({"exact_match": statistics.fmean(hits), "n": len(hits)},
                       [{"image_id": s.image_id, "target": s.answer, "text": t} for s, t in zip(samples, texts)])
+
+
+def single_box_metrics(views: list, sets: bool | None) -> bool:
+    """Whether these references are scored by single-box metrics: `sets` when the data's kind is
+    known (a validation split of a few rows may hold one box each by chance), else their shape."""
+    return all(v.single_box for v in views) if sets is None else not sets
 
 
 def detection_result(samples: list[GroundingSample], boxes: list, texts: list[str],

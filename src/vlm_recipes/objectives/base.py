@@ -15,7 +15,8 @@ import torch
 from transformers import TrainerCallback
 
 from ..config import ObjectiveConfig, RecipeConfig, TrainConfig
-from ..data.index import GroundingIndex
+from ..data.index import GroundingIndex, every_single_box
+from ..data.samples import GroundingSample
 from ..data.splits import load_splits
 
 
@@ -44,9 +45,18 @@ class Objective:
         self.options = self.config.options
         self.processor, self.family = processor, family
 
+    set_data: bool | None = None
+    """Whether the training rows are grounding sets (several, no or referred objects; set by
+    `load_data`): then every split is scored by set metrics, also a small validation split whose
+    rows happen to hold one box each. None (conversations, or no data loaded): decided per split."""
+
     def load_data(self) -> dict[str, list]:
         """{"train": [...], "test": [...]}: the recipe's data as this objective's samples."""
-        return load_splits(self.recipe.data, self.data_kind, self.recipe.seed)
+        data = load_splits(self.recipe.data, self.data_kind, self.recipe.seed)
+        train = data.get("train")
+        if isinstance(train, GroundingIndex) or (train and all(isinstance(s, GroundingSample) for s in train)):
+            self.set_data = not every_single_box(train)
+        return data
 
     def prepare_run(self, device: str) -> None:
         """Hook after the data loads, before the run directory is made: check what else the run

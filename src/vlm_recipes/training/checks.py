@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from ..config import RecipeConfig
 from ..errors import InputError
-from ..evaluation.answers import detection_view
+from ..evaluation.answers import detection_view, single_box_metrics
 from ..evaluation.detection import detection_metrics, set_metrics
 from ..evaluation.result import flatten, pick_metric
 from ..evaluation.retrieval import METRIC_NAMES, directions
 from ..models.embedding import default_dims
 
 
-def check_validation_metrics(recipe: RecipeConfig, samples: list, base) -> None:
+def check_validation_metrics(recipe: RecipeConfig, samples: list, base, sets: bool | None = None) -> None:
     """Each stage's `train.metric_for_best` names a metric its evaluator reports on the validation
     rows `samples` (none: nothing is validated, nothing to check)."""
     if not samples:
         return
-    reported = reported_metrics(recipe, samples, base)
+    reported = reported_metrics(recipe, samples, base, sets)
     for index, stage in enumerate(recipe.stages):
         metric = recipe.metric_for_best(stage.train)
         try:
@@ -33,7 +33,7 @@ def check_validation_metrics(recipe: RecipeConfig, samples: list, base) -> None:
                              f"{', '.join(_names(reported))}") from None
 
 
-def reported_metrics(recipe: RecipeConfig, samples: list, base) -> dict:
+def reported_metrics(recipe: RecipeConfig, samples: list, base, sets: bool | None = None) -> dict:
     """The tree of metric names (values 0) the recipe's evaluator reports on `samples`."""
     if recipe.objective.name == "mrl":
         dims = recipe.objective.options.dims or default_dims(hidden_size_of(base.path))
@@ -46,7 +46,7 @@ def reported_metrics(recipe: RecipeConfig, samples: list, base) -> dict:
     views = [detection_view(s, base.family, base.processor) for s in samples]
     if any(view is None for view in views):
         return {"exact_match": 0.0, "n": 0.0}
-    if all(view.single_box for view in views):  # as score_answers: single-box metrics, else set metrics
+    if single_box_metrics(views, sets):  # as score_answers: single-box metrics, else set metrics
         return {name: 0.0 for name in detection_metrics([None], [(0.0, 0.0, 1.0, 1.0)])}
     return set_metrics([[] for _ in views], [v.boxes for v in views], [v.label for v in views], [v.task for v in views])
 

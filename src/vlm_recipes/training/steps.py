@@ -49,7 +49,7 @@ def open_run(recipe: RecipeConfig, device: str, report_to: list[str]) -> Run:
     check_prompt_length(recipe, base.processor)
     data = objective.load_data()
     check_validation_split(recipe, data["val"])
-    check_validation_metrics(recipe, data["val"], base)  # metric names vs the data's kind, before weights
+    check_validation_metrics(recipe, data["val"], base, objective.set_data)  # metric names vs the data's kind
     objective.prepare_run(device)
     note = validation_note(recipe.data.num_val, len(data["val"]), len(data["train"]))
     if note and is_main_process():  # once every input is checked: bad input stays one line
