@@ -95,8 +95,8 @@ def test_conversations_whose_answers_are_boxes_get_set_metrics():
 
 def test_the_training_data_decides_how_every_split_is_scored():
     """A validation split of a few synthetic-multi rows may hold one box each by chance; it is still
-    scored (and metric_for_best checked) by set metrics, because the training rows are sets. The
-    default nutrition-table data keeps single-box metrics."""
+    scored (and metric_for_best checked) by set metrics, because the training rows it was carved
+    from are sets. The default nutrition-table data keeps single-box metrics."""
     kinds = {}
     for dataset in ("synthetic-multi", "synthetic"):
         recipe = load_recipe("r4-joint", [f"data.dataset={dataset}", "data.num_train=30", "data.num_test=4"])
@@ -106,8 +106,7 @@ def test_the_training_data_decides_how_every_split_is_scored():
         one_box = [s for s in data["train"] if s.single_box][:2]
         assert len(one_box) == 2
         texts = [answer_for(s, tiny.family, None, tiny.processor) for s in one_box]
-        evaluator = objective.evaluator()  # as a run builds it, after the data loaded
         kinds[dataset] = set(score_answers(one_box, texts, [1.0, 1.0], tiny.family, tiny.processor,
-                                           evaluator.sets).metrics)
+                                           objective.set_data).metrics)
     assert "f1" in kinds["synthetic-multi"] and "mean_iou" not in kinds["synthetic-multi"]
     assert "mean_iou" in kinds["synthetic"] and "f1" not in kinds["synthetic"]

@@ -184,7 +184,7 @@ class MDLM(Objective):
 
     def evaluator(self):
         return AnswerEvaluator(self.generate, self.processor, self.family, self.recipe.eval.num_plot,
-                               self.recipe.eval.batch_size, sets=self.set_data)
+                               self.recipe.eval.batch_size)
 
     def generate(self, model, samples, desc):
         """Answers by iterative unmasking, `eval.batch_size` canvases at a time."""

@@ -35,7 +35,7 @@ class SFT(Objective):
 
     def evaluator(self):
         return AnswerEvaluator(self.generate, self.processor, self.family, self.recipe.eval.num_plot,
-                               self.recipe.eval.batch_size, sets=self.set_data)
+                               self.recipe.eval.batch_size)
 
     def generate(self, model, samples, desc):
         evaluation = self.recipe.eval

@@ -3,6 +3,7 @@ run opened, a stage's model loaded and saved, the test splits evaluated, validat
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 from dataclasses import dataclass, field
@@ -78,7 +79,7 @@ def validation_for(run: Run, stage: StageConfig) -> Validation | None:
     """How the stage is validated while it trains: the run's evaluator on the validation split; None
     when there is none (data.num_val=0, or a training split under 10 rows)."""
     samples = run.data["val"]
-    return Validation(run.evaluator, samples, run.recipe.metric_for_best(stage.train)) if samples else None
+    return Validation(validation_evaluator(run), samples, run.recipe.metric_for_best(stage.train)) if samples else None
 
 
 def load_for_stage(path, recipe: RecipeConfig, stage: StageConfig, objective, device):
@@ -117,3 +118,14 @@ def stage_entry(stage: StageConfig, objective, report, output: str) -> dict:
     return {"name": stage.name, "objective": objective.name, "train_seconds": 0.0,
             "trainable_params": report.trainable_params, "trainable": report.trainable,
             "quantized": report.quantized, "lora_modules": len(report.lora_modules), "output": output}
+
+
+def validation_evaluator(run):
+    """The run's evaluator, scoring validation rows as the training rows they were carved from are
+    scored: set metrics for set data even when the few rows drawn hold one box each. The test split
+    is scored by its own rows, as `vlm-recipes evaluate` scores it."""
+    if not hasattr(run.evaluator, "sets") or run.objective.set_data is None:
+        return run.evaluator
+    evaluator = copy.copy(run.evaluator)
+    evaluator.sets = run.objective.set_data
+    return evaluator
