@@ -34,7 +34,8 @@ class AnswerEvaluator:
                  sets: bool | None = None):
         self.generate, self.processor, self.family, self.num_plot = generate, processor, family, num_plot
         self.sets = sets
-        """Score every split by set metrics (True), single-box metrics (False) or as its rows are (None)."""
+        """Score what `evaluate` is given by set metrics (True), single-box metrics (False) or as its
+        rows are (None, the default; a run's validation evaluator is told its training data's kind)."""
         self.batch_size = batch_size
         """The batch `generate` runs: each process of several generates whole batches of it."""
 

@@ -47,8 +47,9 @@ class Objective:
 
     set_data: bool | None = None
     """Whether the training rows are grounding sets (several, no or referred objects; set by
-    `load_data`): then every split is scored by set metrics, also a small validation split whose
-    rows happen to hold one box each. None (conversations, or no data loaded): decided per split."""
+    `load_data`): then the validation rows carved from them are scored by set metrics even when the
+    few drawn hold one box each (`training.steps.validation_evaluator`); the test split is scored by
+    its own rows. None (conversations, or no data loaded): validation too goes by its own rows."""
 
     def load_data(self) -> dict[str, list]:
         """{"train": [...], "test": [...]}: the recipe's data as this objective's samples."""
